@@ -1,0 +1,1 @@
+"""The cityctl controller: config, control loops, runtime, CLI."""

@@ -1,0 +1,318 @@
+"""``cityctl``: the one command-line entry point.
+
+Subcommands::
+
+    cityctl validate FILE                      check a config, print every problem
+    cityctl config schema                      JSON Schema of config.yaml for editors
+    cityctl schedule preview --group G --date D | --year Y
+    cityctl run [--config FILE]                run the controller against the configured broker
+    cityctl demo                               controller + simulated district, embedded broker
+    cityctl sim lights --count N | --config F  simulated light nodes on a broker
+    cityctl sim fault --node N --fault KIND    inject (or --clear) a fault in a simulated node
+    cityctl bench lighting --year Y [--json]   a year of the district: energy and class safety
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # Library chatter is noise for operators; our own loggers say what matters.
+    for noisy in ("amqtt", "transitions", "apscheduler", "matplotlib", "pymodbus"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a coroutine; Ctrl-C and SIGTERM end it cleanly (exit code 0)."""
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await main()
+        except asyncio.CancelledError:
+            return 0
+
+    return asyncio.run(runner())
+
+
+# -- validate / schema -------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, parse_config
+
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        cfg, warnings = parse_config(text, source=str(path))
+    except ConfigError as exc:
+        errors = [i for i in exc.issues if i.severity == "error"]
+        for issue in exc.issues:
+            print(f"{path}: {issue}", file=sys.stderr)
+        print(f"{path}: {len(errors)} error(s)", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"{path}: {w}", file=sys.stderr)
+    nodes = sum(1 for _ in cfg.nodes())
+    print(
+        f"{path}: OK — site {cfg.site.name}, {len(cfg.lighting.groups)} groups, {nodes} nodes, "
+        f"{len(cfg.lighting.programs)} programs, {len(cfg.lighting.calendars)} calendars"
+        + (f", {len(warnings)} warning(s)" if warnings else "")
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from controller.config import CityConfig
+
+    schema = CityConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cityctl config.yaml"
+    print(json.dumps(schema, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _load(path: str) -> Any:
+    from controller.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# -- schedule preview --------------------------------------------------------------------
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from controller.schedule_preview import preview_night, preview_year
+
+    cfg = _load(args.config)
+    try:
+        cfg.group(args.group)
+    except KeyError as exc:
+        print(f"--group: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.year is not None:
+        return preview_year(cfg, args.group, args.year, args.out)
+    day = dt.date.fromisoformat(args.date) if args.date else dt.date.today()
+    return preview_night(cfg, args.group, day, args.out)
+
+
+# -- run / demo --------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller.runtime import Controller
+
+    cfg = _load(args.config)
+    _setup_logging(args.log_level or cfg.controller.log_level)
+    if cfg.mqtt.url is None:
+        print(
+            "mqtt.url: no broker configured (only `cityctl demo` starts its own)", file=sys.stderr
+        )
+        return 2
+
+    async def main() -> int:
+        await Controller(cfg).run_forever()
+        return 0
+
+    return _run_async(main)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import run_demo
+
+    _setup_logging(args.log_level)
+    cfg = _load(args.config)
+    return _run_async(
+        lambda: run_demo(
+            cfg,
+            speed=args.speed,
+            start=args.start,
+            duration_s=args.duration,
+            broker_port=args.port,
+            faults=not args.no_faults,
+        )
+    )
+
+
+# -- simulator ---------------------------------------------------------------------------
+
+
+def cmd_sim_lights(args: argparse.Namespace) -> int:
+    from controller.sim_cli import run_sim_lights
+
+    _setup_logging(args.log_level)
+    cfg = _load(args.config) if args.config else None
+    return _run_async(lambda: run_sim_lights(args, cfg))
+
+
+def cmd_sim_fault(args: argparse.Namespace) -> int:
+    from controller.sim_cli import send_fault
+
+    _setup_logging("WARNING")
+    return _run_async(lambda: send_fault(args))
+
+
+# -- bench -------------------------------------------------------------------------------
+
+
+def cmd_bench_lighting(args: argparse.Namespace) -> int:
+    from controller.bench.lighting import format_table, run_lighting_bench
+
+    cfg = _load(args.config)
+    result = run_lighting_bench(cfg, args.year, step_s=args.step)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(format_table(result))
+    if args.json and args.table:
+        print(format_table(result), file=sys.stderr)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the docs and tests)."""
+    p = argparse.ArgumentParser(
+        prog="cityctl",
+        description="Edge controller for smart street lights and sensor-driven traffic signals.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    v = sub.add_parser("validate", help="check a config file and print every problem")
+    v.add_argument("file", help="the config file, e.g. config.yaml")
+    v.set_defaults(func=cmd_validate)
+
+    c = sub.add_parser("config", help="config helpers")
+    csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    cs = csub.add_parser("schema", help="print the JSON Schema of config.yaml")
+    cs.set_defaults(func=cmd_schema)
+
+    s = sub.add_parser("schedule", help="lighting schedule tools")
+    ssub = s.add_subparsers(dest="schedule_command", metavar="SUBCOMMAND", required=True)
+    sp = ssub.add_parser(
+        "preview",
+        help="print a night's transitions (or a year's energy) and write a PNG",
+        description="Preview what a schedule does before it goes live.",
+    )
+    sp.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    sp.add_argument("--group", required=True, help="light group id")
+    when = sp.add_mutually_exclusive_group()
+    when.add_argument("--date", help="night starting on this date, YYYY-MM-DD (default: today)")
+    when.add_argument("--year", type=int, help="a whole year: burning hours, energy, saving")
+    sp.add_argument("--out", help="PNG path (default: preview-GROUP-DATE.png)")
+    sp.set_defaults(func=cmd_preview)
+
+    r = sub.add_parser("run", help="run the controller against the configured broker")
+    r.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    r.add_argument("--log-level", help="override controller.log_level")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser(
+        "demo",
+        help="controller + simulated district on an embedded broker",
+        description="Starts an embedded MQTT broker, simulated light nodes and traffic "
+        "counters for every node of the config, and the controller, on an accelerated clock.",
+    )
+    d.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    d.add_argument(
+        "--speed", type=float, default=120.0, help="clock speed-up (default: %(default)s×)"
+    )
+    d.add_argument(
+        "--start",
+        default="17:00",
+        help="local start time today, HH:MM or ISO (default: %(default)s)",
+    )
+    d.add_argument("--duration", type=float, default=None, help="stop after this many real seconds")
+    d.add_argument("--port", type=int, default=0, help="embedded broker port (default: a free one)")
+    d.add_argument("--no-faults", action="store_true", help="do not inject the demo's faults")
+    d.add_argument("--log-level", default="INFO")
+    d.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("sim", help="device simulators")
+    simsub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
+    sl = simsub.add_parser("lights", help="run simulated light nodes on a broker")
+    sl.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker url")
+    sl.add_argument("--prefix", default="cityctl", help="topic prefix")
+    src = sl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--count", type=int, help="this many nodes, ids SIM-0001…, one group")
+    src.add_argument("--config", help="every node of this config, in their groups")
+    sl.add_argument("--group", default="sim", help="group of --count nodes (default: %(default)s)")
+    sl.add_argument("--lamp-w", type=float, default=100.0, help="lamp rating of --count nodes")
+    sl.add_argument("--fallback-after", type=float, default=900.0, help="seconds of silence")
+    sl.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NODE=KIND",
+        help="start with a fault injected, e.g. SIM-0003=lamp_failure (repeatable)",
+    )
+    sl.add_argument("--log-level", default="INFO")
+    sl.set_defaults(func=cmd_sim_lights)
+    sf = simsub.add_parser("fault", help="inject or clear a fault in a running simulated node")
+    sf.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker url")
+    sf.add_argument("--prefix", default="cityctl", help="topic prefix")
+    sf.add_argument("--node", required=True, help="node id")
+    sf.add_argument(
+        "--fault",
+        required=True,
+        choices=["lamp_failure", "driver_failure", "supply_lost", "node_offline", "day_burner"],
+    )
+    sf.add_argument("--clear", action="store_true", help="clear the fault instead")
+    sf.set_defaults(func=cmd_sim_fault)
+
+    b = sub.add_parser("bench", help="benchmarks (JSON + a table)")
+    bsub = b.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
+    bl = bsub.add_parser("lighting", help="a year of the district: energy saved, class safety")
+    bl.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    bl.add_argument("--year", type=int, default=dt.date.today().year)
+    bl.add_argument("--step", type=float, default=300.0, help="simulation step, s")
+    bl.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bl.add_argument("--table", action="store_true", help="with --json: the table on stderr too")
+    bl.set_defaults(func=cmd_bench_lighting)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cityctl`` console script."""
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

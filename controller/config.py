@@ -1,0 +1,712 @@
+"""The deployment's configuration: ``config.yaml`` read into validated pydantic models.
+
+Every mistake a person can make in the file is reported with its path in the file
+(``lighting.groups[3].program: unknown program 'nigth'``) and, where known, the line; the
+loader collects all of them instead of stopping at the first, and a config with any error is
+never half-applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from devices.mqtt import MqttSettings, TlsSettings, Will
+from schedules.evaluate import GroupSchedule
+from schedules.model import LightingCalendar, LightingProgram, Location, Override
+from schedules.validate import check_calendar, check_program
+
+__all__ = [
+    "CityConfig",
+    "ConfigError",
+    "ConfigIssue",
+    "ControllerSettings",
+    "LightGroup",
+    "LightNodeSpec",
+    "LightingClass",
+    "LightingSettings",
+    "MqttConfig",
+    "TrafficSettings",
+    "expand_node_ids",
+    "load_config",
+    "parse_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_ID = r"^[A-Za-z0-9_.-]{1,64}$"
+Ident = Annotated[str, Field(pattern=_ID)]
+
+
+class LightingClass(StrEnum):
+    """EN 13201-2 M classes for motorised traffic, brightest (M1) to dimmest (M6)."""
+
+    M1 = "M1"
+    M2 = "M2"
+    M3 = "M3"
+    M4 = "M4"
+    M5 = "M5"
+    M6 = "M6"
+
+    @property
+    def luminance(self) -> float:
+        """Minimum maintained average road-surface luminance, cd/m² (EN 13201-2 table 1)."""
+        return _LUMINANCE[self]
+
+    @property
+    def number(self) -> int:
+        """1 for M1 … 6 for M6."""
+        return int(self.value[1])
+
+    @classmethod
+    def from_number(cls, number: int) -> LightingClass:
+        """The class with this number (clamped to 1..6)."""
+        return cls(f"M{min(6, max(1, number))}")
+
+
+_LUMINANCE = {
+    LightingClass.M1: 2.0,
+    LightingClass.M2: 1.5,
+    LightingClass.M3: 1.0,
+    LightingClass.M4: 0.75,
+    LightingClass.M5: 0.5,
+    LightingClass.M6: 0.3,
+}
+
+
+class GeoPoint(_Strict):
+    """A WGS84 position."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class SiteConfig(Location):
+    """Where the controller is; sun times and local time come from here."""
+
+
+class ControllerSettings(_Strict):
+    """The controller itself."""
+
+    id: Ident = Field(default="cityctl-1", description="Unique id; part of MQTT topics.")
+    state_dir: Path = Field(
+        default=Path("./state"), description="Where the controller keeps state across restarts."
+    )
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class TlsConfig(_Strict):
+    """TLS towards the broker (PEM files)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(default=False, description="Skip certificate checks (testing only).")
+
+
+class MqttConfig(_Strict):
+    """The MQTT broker. ``url: null`` in the demo means: start an embedded broker."""
+
+    url: str | None = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts://")
+    client_id: Ident | None = Field(default=None, description="Default: the controller id.")
+    prefix: str = Field(default="cityctl", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    username: str | None = None
+    password_env: str | None = Field(
+        default=None, description="Read the password from this env var."
+    )
+    password_file: Path | None = Field(
+        default=None, description="Read the password from this file."
+    )
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^mqtts?://[^/:\s]+(:\d{1,5})?/?$", url):
+            raise ValueError(f"{url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+        return url
+
+    @model_validator(mode="after")
+    def _one_password(self) -> MqttConfig:
+        if self.password_env and self.password_file:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+    def password(self) -> str | None:
+        """The password from the environment or the file; a clear error if it is missing."""
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "mqtt.password_env",
+                            f"environment variable {self.password_env} is not set",
+                        )
+                    ]
+                )
+            return value
+        if self.password_file:
+            try:
+                return self.password_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "mqtt.password_file",
+                            f"cannot read {self.password_file}: {exc.strerror}",
+                        )
+                    ]
+                ) from None
+        return None
+
+    def settings(self, client_id: str, will: Will | None = None) -> MqttSettings:
+        """Connection settings for :class:`devices.mqtt.MqttLink`."""
+        if self.url is None:
+            raise ValueError("mqtt.url is null: no broker configured")
+        tls = None
+        if self.tls is not None:
+            tls = TlsSettings(
+                ca_file=str(self.tls.ca_file) if self.tls.ca_file else None,
+                cert_file=str(self.tls.cert_file) if self.tls.cert_file else None,
+                key_file=str(self.tls.key_file) if self.tls.key_file else None,
+                insecure=self.tls.insecure,
+            )
+        kwargs: dict[str, Any] = {
+            "client_id": client_id,
+            "username": self.username,
+            "password": self.password(),
+            "keepalive_s": self.keepalive_s,
+            "will": will,
+        }
+        if tls is not None:
+            kwargs["tls"] = tls
+        return MqttSettings.from_url(self.url, **kwargs)
+
+
+class LightNodeSpec(_Strict):
+    """Per-node details that differ from the group's defaults."""
+
+    id: Ident
+    lamp_w: float | None = Field(default=None, gt=0, le=2000)
+    min_dim: float | None = Field(default=None, ge=0, le=100)
+    location: GeoPoint | None = None
+
+
+class LightGroup(_Strict):
+    """Light points that always share a level: a road section, a junction, a park path."""
+
+    id: Ident
+    name: str = ""
+    road: str = Field(min_length=1, description="Road or place the group lights.")
+    lighting_class: LightingClass = Field(description="Design class at full traffic (100 %).")
+    lowest_class: LightingClass | None = Field(
+        default=None, description="Dimmest class traffic may step down to (default: no dimming)."
+    )
+    never_dim: bool = Field(
+        default=False, description="Junctions, crossings: never traffic-dimmed."
+    )
+    traffic_segment: Ident | None = Field(default=None, description="Counter feeding this group.")
+    capacity_vph: float = Field(default=1800.0, gt=0, description="Road capacity, vehicles/hour.")
+    program: str | None = Field(default=None, description="Program every night (or use calendar).")
+    calendar: str | None = Field(default=None, description="Calendar choosing the program.")
+    lamp_w: float = Field(gt=0, le=2000, description="Rated input power of one lamp, W.")
+    min_dim: float = Field(default=10.0, ge=0, le=100, description="Lowest non-zero level, %.")
+    location: GeoPoint | None = None
+    nodes: list[str] = Field(min_length=1, description="Node ids; 'LL-001..LL-040' is a range.")
+
+    @model_validator(mode="after")
+    def _program_or_calendar(self) -> LightGroup:
+        if (self.program is None) == (self.calendar is None):
+            raise ValueError("give exactly one of program or calendar")
+        if self.lowest_class is not None and self.lowest_class.number < self.lighting_class.number:
+            raise ValueError(
+                f"lowest_class {self.lowest_class} is brighter than lighting_class {self.lighting_class}"
+            )
+        return self
+
+    @field_validator("nodes")
+    @classmethod
+    def _ranges(cls, values: list[str]) -> list[str]:
+        for v in values:
+            expand_node_ids(v)  # raises ValueError with a message on a bad range
+        return values
+
+    def node_ids(self) -> list[str]:
+        """Every node id of the group, ranges expanded, in order."""
+        out: list[str] = []
+        for v in self.nodes:
+            out.extend(expand_node_ids(v))
+        return out
+
+    @property
+    def dims_with_traffic(self) -> bool:
+        """Whether measured traffic may lower this group's class."""
+        return (
+            not self.never_dim
+            and self.traffic_segment is not None
+            and self.lowest_class is not None
+            and self.lowest_class != self.lighting_class
+        )
+
+
+_RANGE = re.compile(r"^(?P<a>[A-Za-z0-9_.-]*?)(?P<n1>\d+)\.\.(?P<b>[A-Za-z0-9_.-]*?)(?P<n2>\d+)$")
+
+
+def expand_node_ids(spec: str) -> list[str]:
+    """``'LL-001..LL-040'`` → 40 ids (zero padding kept); a plain id → itself."""
+    if ".." not in spec:
+        if not re.match(_ID, spec):
+            raise ValueError(f"node id {spec!r} may only use letters, digits, '_', '-', '.'")
+        return [spec]
+    m = _RANGE.match(spec)
+    if not m or m["a"] != m["b"]:
+        raise ValueError(f"node range {spec!r} must look like 'LL-001..LL-040' (same prefix)")
+    lo, hi = int(m["n1"]), int(m["n2"])
+    if hi < lo:
+        raise ValueError(f"node range {spec!r} runs backwards")
+    if hi - lo >= 10_000:
+        raise ValueError(f"node range {spec!r} is longer than 10,000 nodes")
+    width = len(m["n1"])
+    return [f"{m['a']}{i:0{width}d}" for i in range(lo, hi + 1)]
+
+
+class TrafficBand(_Strict):
+    """Below ``max_ratio`` of capacity, the class may step down ``steps`` classes."""
+
+    max_ratio: float = Field(gt=0, le=10)
+    steps: int = Field(ge=0, le=5)
+
+
+def _default_bands() -> list[TrafficBand]:
+    # CEN/TR 13201-1 weights traffic volume by its share of the road's capacity:
+    # very low (< 7 %), low (7–15 %), moderate (15–45 %), high (≥ 45 %). Each band below
+    # "high" allows one class dimmer than the design class.
+    return [
+        TrafficBand(max_ratio=0.07, steps=3),
+        TrafficBand(max_ratio=0.15, steps=2),
+        TrafficBand(max_ratio=0.45, steps=1),
+    ]
+
+
+class TrafficSettings(_Strict):
+    """How measured traffic lowers or raises a group's lighting class."""
+
+    hold_s: float = Field(
+        default=900, ge=0, le=86_400, description="Low traffic must last this long before dimming."
+    )
+    stale_after_s: float = Field(
+        default=900, gt=0, description="No count for this long: back to the design class."
+    )
+    bands: list[TrafficBand] = Field(default_factory=_default_bands)
+
+    @field_validator("bands")
+    @classmethod
+    def _sorted(cls, bands: list[TrafficBand]) -> list[TrafficBand]:
+        ratios = [b.max_ratio for b in bands]
+        if ratios != sorted(ratios) or len(set(ratios)) != len(ratios):
+            raise ValueError("bands must be sorted by max_ratio, strictly increasing")
+        steps = [b.steps for b in bands]
+        if steps != sorted(steps, reverse=True):
+            raise ValueError("bands with more traffic must not dim more (steps must not increase)")
+        return bands
+
+
+class FaultSettings(_Strict):
+    """Thresholds for faults the controller infers from what nodes report."""
+
+    lamp_failure_ratio: float = Field(
+        default=0.2, gt=0, lt=1, description="Power below this share of expected: lamp failed."
+    )
+    power_band: float = Field(
+        default=0.35,
+        gt=0,
+        lt=5,
+        description="Power off expected by more than this share: out of band.",
+    )
+    day_burner_level: float = Field(
+        default=5.0, ge=0, le=100, description="Lit above this in daytime."
+    )
+    settle_s: float = Field(
+        default=10.0, ge=0, description="Let a ramp settle before judging power."
+    )
+    stale_after_s: float = Field(default=180.0, gt=0, description="Silent this long: node offline.")
+
+
+class LightingSettings(_Strict):
+    """Street lighting: programs, calendars, groups, overrides and the control loop's timing."""
+
+    tick_s: float = Field(default=30, ge=1, le=3600, description="Recompute at least this often.")
+    refresh_s: float = Field(
+        default=120, ge=5, le=3600, description="Re-send every group command this often."
+    )
+    retry_after_s: float = Field(default=3, gt=0, le=600, description="Retry nodes that lag.")
+    fallback_after_s: float = Field(
+        default=900, ge=30, description="Nodes run their fallback program after this silence."
+    )
+    programs: list[LightingProgram] = Field(min_length=1)
+    calendars: list[LightingCalendar] = Field(default_factory=list)
+    groups: list[LightGroup] = Field(min_length=1)
+    nodes: list[LightNodeSpec] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    faults: FaultSettings = Field(default_factory=FaultSettings)
+
+    @model_validator(mode="after")
+    def _refresh_vs_fallback(self) -> LightingSettings:
+        if self.refresh_s * 3 > self.fallback_after_s:
+            raise ValueError(
+                f"refresh_s ({self.refresh_s:g}) must be at most a third of fallback_after_s "
+                f"({self.fallback_after_s:g}), or nodes fall back while the controller is alive"
+            )
+        return self
+
+
+class CityConfig(_Strict):
+    """The whole deployment."""
+
+    site: SiteConfig
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    lighting: LightingSettings
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def location(self) -> Location:
+        """The site as a schedules Location."""
+        return Location(
+            name=self.site.name,
+            latitude=self.site.latitude,
+            longitude=self.site.longitude,
+            timezone=self.site.timezone,
+        )
+
+    def program_map(self) -> MappingProxyType[str, LightingProgram]:
+        """Programs by name."""
+        return MappingProxyType({p.name: p for p in self.lighting.programs})
+
+    def group(self, group_id: str) -> LightGroup:
+        """A group by id; KeyError names the known ones."""
+        for g in self.lighting.groups:
+            if g.id == group_id:
+                return g
+        known = ", ".join(g.id for g in self.lighting.groups)
+        raise KeyError(f"unknown group {group_id!r} (known: {known})")
+
+    def calendar_for(self, group: LightGroup) -> LightingCalendar:
+        """The group's calendar; a group with a single program gets a one-line calendar."""
+        if group.calendar is not None:
+            for c in self.lighting.calendars:
+                if c.name == group.calendar:
+                    return c
+            raise KeyError(group.calendar)
+        assert group.program is not None
+        return LightingCalendar(name=f"{group.id}-fixed", default=group.program)
+
+    def group_schedule(
+        self, group_id: str, overrides: Iterable[Override] | None = None
+    ) -> GroupSchedule:
+        """The pure schedule of one group, with the config's overrides or the ones given."""
+        group = self.group(group_id)
+        ovs = tuple(
+            o
+            for o in (self.lighting.overrides if overrides is None else overrides)
+            if group.id in o.groups
+        )
+        return GroupSchedule(
+            group=group.id,
+            location=self.location,
+            calendar=self.calendar_for(group),
+            programs=self.program_map(),
+            overrides=ovs,
+            min_level=group.min_dim,
+        )
+
+    def nodes(self) -> Iterator[tuple[LightGroup, str, float, float]]:
+        """``(group, node id, lamp watts, min dim)`` for every node, per-node details applied."""
+        specs = {n.id: n for n in self.lighting.nodes}
+        for g in self.lighting.groups:
+            for nid in g.node_ids():
+                spec = specs.get(nid)
+                lamp = spec.lamp_w if spec and spec.lamp_w else g.lamp_w
+                mind = spec.min_dim if spec and spec.min_dim is not None else g.min_dim
+                yield g, nid, lamp, mind
+
+
+# ---- errors ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in the config: where (dotted path), what, and the line when known."""
+
+    path: str
+    message: str
+    line: int | None = None
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.path} (line {self.line})" if self.line else self.path
+        tag = "" if self.severity == "error" else f"{self.severity}: "
+        return f"{where}: {tag}{self.message}"
+
+
+class ConfigError(ValueError):
+    """The config cannot be used; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        errors = [i for i in issues if i.severity == "error"]
+        head = f"{len(errors)} error(s) in config"
+        super().__init__(head + "\n" + "\n".join(f"  {i}" for i in issues))
+
+
+def _fmt_loc(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    """Map dotted paths to 1-based line numbers, so errors can point into the file."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = str(k.value)
+                p = f"{path}.{key}" if path else key
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+                lines[p] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{path}[{i}]")
+
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _line_for(lines: dict[str, int], path: str) -> int | None:
+    p = path
+    while p:
+        if p in lines:
+            return lines[p]
+        cut = max(p.rfind("."), p.rfind("["))
+        p = p[:cut] if cut > 0 else ""
+    return None
+
+
+def _localise_overrides(data: Any, tz: str | None) -> None:
+    """Overrides may be written in local time without an offset: read them in the site's zone."""
+    if not tz or not isinstance(data, dict):
+        return
+    lighting = data.get("lighting")
+    if not isinstance(lighting, dict) or not isinstance(lighting.get("overrides"), list):
+        return
+    try:
+        from zoneinfo import ZoneInfo
+
+        zone = ZoneInfo(tz)
+    except Exception:
+        return
+    for ov in lighting["overrides"]:
+        if not isinstance(ov, dict):
+            continue
+        for key in ("start", "until", "created"):
+            value = ov.get(key)
+            if isinstance(value, str):
+                try:
+                    value = dt.datetime.fromisoformat(value)
+                except ValueError:
+                    continue
+            if isinstance(value, dt.datetime) and value.tzinfo is None:
+                ov[key] = value.replace(tzinfo=zone)
+
+
+def _cross_checks(cfg: CityConfig) -> list[ConfigIssue]:
+    """Checks that need the whole file: names that refer to each other, schedule sanity."""
+    issues: list[ConfigIssue] = []
+    lt = cfg.lighting
+    programs = {p.name: p for p in lt.programs}
+    calendars = {c.name: c for c in lt.calendars}
+
+    def dup(items: list[str], path: str, what: str) -> None:
+        seen: set[str] = set()
+        for i, name in enumerate(items):
+            if name in seen:
+                issues.append(ConfigIssue(f"{path}[{i}]", f"duplicate {what} {name!r}"))
+            seen.add(name)
+
+    dup([p.name for p in lt.programs], "lighting.programs", "program name")
+    dup([c.name for c in lt.calendars], "lighting.calendars", "calendar name")
+    dup([g.id for g in lt.groups], "lighting.groups", "group id")
+    dup([o.id for o in lt.overrides], "lighting.overrides", "override id")
+
+    def unknown(kind: str, name: str, known: Iterable[str]) -> str:
+        hint = sorted(known)
+        close = [k for k in hint if _similar(k, name)]
+        extra = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(hint)})"
+        return f"unknown {kind} {name!r}{extra}"
+
+    for i, c in enumerate(lt.calendars):
+        for prob in check_calendar(c, programs):
+            issues.append(
+                ConfigIssue(
+                    f"lighting.calendars[{i}].{prob.path}", prob.message, severity=prob.severity
+                )
+            )
+
+    used_programs: set[str] = set()
+    owner: dict[str, str] = {}
+    group_ids = {g.id for g in lt.groups}
+    for i, g in enumerate(lt.groups):
+        if g.program is not None:
+            if g.program not in programs:
+                issues.append(
+                    ConfigIssue(
+                        f"lighting.groups[{i}].program", unknown("program", g.program, programs)
+                    )
+                )
+            else:
+                used_programs.add(g.program)
+        if g.calendar is not None:
+            if g.calendar not in calendars:
+                issues.append(
+                    ConfigIssue(
+                        f"lighting.groups[{i}].calendar", unknown("calendar", g.calendar, calendars)
+                    )
+                )
+            else:
+                cal = calendars[g.calendar]
+                used_programs.update([cal.default, *(r.program for r in cal.rules)])
+        for nid in g.node_ids():
+            if nid in owner:
+                issues.append(
+                    ConfigIssue(
+                        f"lighting.groups[{i}].nodes",
+                        f"node {nid!r} is already in group {owner[nid]!r}; a node belongs to one group",
+                    )
+                )
+            owner[nid] = g.id
+    for i, n in enumerate(lt.nodes):
+        if n.id not in owner:
+            issues.append(ConfigIssue(f"lighting.nodes[{i}].id", f"node {n.id!r} is in no group"))
+    for i, o in enumerate(lt.overrides):
+        for j, gid in enumerate(o.groups):
+            if gid not in group_ids:
+                issues.append(
+                    ConfigIssue(
+                        f"lighting.overrides[{i}].groups[{j}]", unknown("group", gid, group_ids)
+                    )
+                )
+
+    year = dt.date.today().year
+    for i, p in enumerate(lt.programs):
+        if p.name not in used_programs:
+            issues.append(
+                ConfigIssue(
+                    f"lighting.programs[{i}]", f"program {p.name!r} is not used", severity="warning"
+                )
+            )
+        for prob in check_program(p, cfg.location, year):
+            issues.append(
+                ConfigIssue(
+                    f"lighting.programs[{i}].{prob.path}", prob.message, severity=prob.severity
+                )
+            )
+    return issues
+
+
+def _similar(a: str, b: str) -> bool:
+    """Cheap typo detector: same letters in nearly the same order."""
+    if abs(len(a) - len(b)) > 2:
+        return False
+    if sorted(a) == sorted(b):
+        return True
+    # one edit apart (Levenshtein ≤ 1)
+    if len(a) > len(b):
+        a, b = b, a
+    i = j = edits = 0
+    while i < len(a) and j < len(b):
+        if a[i] != b[j]:
+            edits += 1
+            if edits > 1:
+                return False
+            if len(a) == len(b):
+                i += 1
+            j += 1
+        else:
+            i += 1
+            j += 1
+    return edits + (len(b) - j) + (len(a) - i) <= 1
+
+
+def parse_config(text: str, *, source: str = "config") -> tuple[CityConfig, list[ConfigIssue]]:
+    """Parse YAML text; returns the config and its warnings, raises ConfigError on any error."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue(source, f"not valid YAML: {exc}", line)]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigIssue(source, "the file must be a mapping with site, mqtt, lighting …")]
+        )
+    lines = _yaml_lines(text)
+    site = data.get("site")
+    _localise_overrides(data, site.get("timezone") if isinstance(site, dict) else None)
+    try:
+        cfg = CityConfig.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors():
+            path = _fmt_loc(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; see `cityctl config schema`)"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            issues.append(ConfigIssue(path or source, msg, _line_for(lines, path)))
+        raise ConfigError(issues) from None
+    issues = _cross_checks(cfg)
+    issues = [ConfigIssue(i.path, i.message, _line_for(lines, i.path), i.severity) for i in issues]
+    if any(i.severity == "error" for i in issues):
+        raise ConfigError(issues)
+    return cfg, issues
+
+
+def load_config(path: str | Path) -> CityConfig:
+    """Read and validate a config file; raises :class:`ConfigError` listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(p), f"cannot read: {exc.strerror}")]) from None
+    cfg, _warnings = parse_config(text, source=str(p))
+    return cfg

@@ -1,0 +1,224 @@
+"""``cityctl demo``: the controller and a simulated district on one machine, no services needed.
+
+It starts an embedded MQTT broker (amqtt, pure Python) on a loopback port, simulated light
+nodes for every node of the config, traffic counters for every counted road segment, and the
+controller — all on one accelerated clock, so a night passes in minutes. A few faults are
+injected on the way so the logs show the controller detecting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from controller.clock import ScaledClock
+from controller.config import CityConfig
+from controller.runtime import Controller
+from devices.mqtt import MqttLink, MqttSettings
+from simulator.lights import LightSimulator, NodeSpec
+from simulator.traffic import CounterStats, RoadKind, TrafficSegment, run_traffic_counters
+
+__all__ = ["EmbeddedBroker", "run_demo", "segments_for"]
+
+log = logging.getLogger("cityctl.demo")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """An in-process MQTT broker for the demo (amqtt); tests use a real Mosquitto instead."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._broker: Any = None
+
+    async def start(self) -> None:
+        """Listen on loopback, anonymous access (nothing leaves the machine)."""
+        from amqtt.broker import Broker
+
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+        self._broker = Broker(config)
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        """Shut the broker down."""
+        if self._broker is not None:
+            with contextlib.suppress(Exception):
+                await self._broker.shutdown()
+            self._broker = None
+
+
+@dataclass(frozen=True)
+class _SimClockAdapter:
+    """The simulator's clock interface on top of the controller's clock: one time for all."""
+
+    clock: ScaledClock
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
+
+    def wall(self) -> dt.datetime:
+        return self.clock.now()
+
+
+def segments_for(cfg: CityConfig) -> list[TrafficSegment]:
+    """Counted segments of the config with a believable demand: kind from the design class."""
+    out: dict[str, TrafficSegment] = {}
+    for g in cfg.lighting.groups:
+        if g.traffic_segment is None or g.traffic_segment in out:
+            continue
+        idx = g.lighting_class.number
+        kind = (
+            RoadKind.ARTERIAL
+            if idx <= 3
+            else RoadKind.COLLECTOR
+            if idx == 4
+            else RoadKind.RESIDENTIAL
+        )
+        out[g.traffic_segment] = TrafficSegment(g.traffic_segment, kind, 0.75 * g.capacity_vph)
+    return list(out.values())
+
+
+def _start_instant(cfg: CityConfig, start: str) -> dt.datetime:
+    tz = cfg.location.tz
+    try:
+        t = dt.time.fromisoformat(start)
+        return dt.datetime.combine(dt.date.today(), t, tz)
+    except ValueError:
+        when = dt.datetime.fromisoformat(start)
+        return when if when.tzinfo else when.replace(tzinfo=tz)
+
+
+# Faults injected during the demo: (hours after start, node, fault, active).
+DEMO_FAULTS: tuple[tuple[float, str, str, bool], ...] = (
+    (1.5, "LCT-007", "lamp_failure", True),
+    (2.5, "QL-013", "node_offline", True),
+    (3.5, "QL-013", "node_offline", False),
+    (4.0, "THD-021", "driver_failure", True),
+    (5.0, "LCT-007", "lamp_failure", False),
+)
+
+
+async def run_demo(
+    cfg: CityConfig,
+    *,
+    speed: float = 120.0,
+    start: str = "17:00",
+    duration_s: float | None = None,
+    broker_port: int = 0,
+    faults: bool = True,
+) -> int:
+    """Run the demo until cancelled or for ``duration_s`` real seconds."""
+    clock = ScaledClock(_start_instant(cfg, start), speed)
+    tz = cfg.location.tz
+    broker = EmbeddedBroker(broker_port)
+    await broker.start()
+    log.info(
+        "embedded MQTT broker on mqtt://%s:%d — clock starts %s, %g× real time",
+        broker.host,
+        broker.port,
+        clock.now().astimezone(tz).strftime("%Y-%m-%d %H:%M %Z"),
+        speed,
+    )
+    settings = MqttSettings(host=broker.host, port=broker.port, reconnect_max_s=2.0)
+    specs = [NodeSpec(node, g.id, lamp_w, min_dim) for g, node, lamp_w, min_dim in cfg.nodes()]
+    sim = LightSimulator(
+        settings,
+        specs,
+        prefix=cfg.mqtt.prefix,
+        fallback_after_s=cfg.lighting.fallback_after_s,
+        report_interval_s=60.0,
+        clock=_SimClockAdapter(clock),
+    )
+    controller = Controller(cfg, clock=clock, mqtt=settings)
+    counters_link = MqttLink(
+        MqttSettings(host=broker.host, port=broker.port, client_id="demo-counters")
+    )
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await sim.start()
+        log.info(
+            "%d simulated light nodes online in %.1f s", sim.stats.online, sim.stats.connect_s or 0
+        )
+        await controller.start()
+        tasks.append(asyncio.create_task(counters_link.run(), name="counters-link"))
+
+        async def publish(topic: str, payload: bytes) -> None:
+            await counters_link.publish(topic, payload, qos=0)
+
+        tasks.append(
+            asyncio.create_task(
+                run_traffic_counters(
+                    publish,
+                    controller.topics,
+                    segments_for(cfg),
+                    clock.now,
+                    interval_s=300,
+                    time_scale=speed,
+                    timezone=tz,
+                    seed="demo",
+                    stats=CounterStats(),
+                ),
+                name="traffic-counters",
+            )
+        )
+        if faults:
+            tasks.append(asyncio.create_task(_inject_faults(sim, clock, controller), name="faults"))
+        if duration_s is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(duration_s)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await controller.stop()
+        await counters_link.close()
+        await sim.stop()
+        await broker.stop()
+        st = controller.lighting.stats
+        log.info(
+            "demo over at %s: %d group commands, %d node retries, %d node states, %d counts, "
+            "%d bad payloads dropped",
+            clock.now().astimezone(tz).strftime("%H:%M"),
+            st.group_commands,
+            st.node_retries,
+            st.states,
+            st.counts,
+            controller.lighting.drops.total,
+        )
+    return 0
+
+
+async def _inject_faults(sim: LightSimulator, clock: ScaledClock, controller: Controller) -> None:
+    for hours, node, fault, active in DEMO_FAULTS:
+        if node not in sim.node_ids:
+            continue
+        wait = hours * 3600 - clock.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait / clock.speed)
+        verb = "injecting" if active else "clearing"
+        log.info("demo: %s %s on %s", verb, fault, node)
+        if active:
+            sim.inject(node, fault)
+        else:
+            sim.clear(node, fault)

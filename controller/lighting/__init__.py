@@ -1,0 +1,1 @@
+"""Street lighting: the pure control core, fault inference, traffic classes and the MQTT shell."""

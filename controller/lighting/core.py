@@ -1,0 +1,425 @@
+"""The lighting control logic, pure: what every group should be now, and what to send.
+
+:class:`LightingCore` is fed inputs (node states, availability, traffic counts, the clock's
+instant) and returns outputs (group commands, per-node retries, alarm changes). It never
+touches a socket or reads the clock; :mod:`controller.lighting.service` carries its inputs
+and outputs over MQTT. Because the wanted level is *recomputed* from config + schedule +
+measurements at every call, a restart or a broker reconnect needs no replay: the next
+``plan()`` says what is true now.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from controller.config import CityConfig, LightGroup
+from controller.lighting.faults import FaultDetector, NodeView
+from controller.lighting.traffic_class import ClassSelector
+from devices.lights import (
+    AlarmEntry,
+    FallbackProgram,
+    FallbackStep,
+    LightCommand,
+    NodeMode,
+    NodeState,
+)
+from schedules.evaluate import GroupSchedule, clamp_min_dim, evaluate, transitions
+from schedules.model import Override
+
+__all__ = ["GroupCommand", "GroupStatus", "LightingCore", "NodeRetry", "Wanted"]
+
+log = logging.getLogger(__name__)
+
+#: Ramps the controller itself adds when traffic moves a group between classes: dimming is
+#: slow so nobody notices, brightening is quick because more light is never the unsafe side.
+TRAFFIC_DIM_RAMP_S = 60.0
+TRAFFIC_BRIGHTEN_RAMP_S = 2.0
+#: Levels closer than this are the same level (nodes report floats).
+LEVEL_EPS = 0.5
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a group should show now and why."""
+
+    level: float  # the level to head for (end of the current ramp)
+    ramp_s: float  # remaining ramp time
+    now_level: float  # the level the schedule gives at this instant (mid-ramp)
+    source: str  # "program" | "override" | "traffic"
+    detail: str
+    lighting_class: str | None  # current class when the group follows traffic
+
+
+@dataclass(frozen=True)
+class GroupCommand:
+    """Publish ``command`` on the group's command topic (retained)."""
+
+    group: str
+    command: LightCommand
+    reason: str  # "change" | "refresh" | "announce"
+
+
+@dataclass(frozen=True)
+class NodeRetry:
+    """Send ``command`` to one node that has not followed its group."""
+
+    node: str
+    command: LightCommand
+    attempt: int
+
+
+@dataclass
+class _GroupState:
+    cmd: LightCommand | None = None
+    sent_mono: float = float("-inf")
+    wanted: Wanted | None = None
+    energy_wh: float = 0.0
+    #: Night whose fallback program was last published.
+    fallback_night: dt.date | None = None
+
+
+@dataclass
+class _NodeState:
+    group: str
+    lamp_w: float
+    min_dim: float
+    online: bool | None = None  # None: never heard of
+    state: NodeState | None = None
+    state_mono: float | None = None
+    last_energy_wh: float | None = None
+    retry_attempt: int = 0
+    retry_mono: float = float("-inf")
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """Operator's view of a group."""
+
+    group: str
+    level: float
+    source: str
+    detail: str
+    lighting_class: str | None
+    nodes_total: int
+    nodes_converged: int
+    nodes_offline: int
+    energy_wh: float
+
+
+@dataclass
+class LightingCore:
+    """All groups of one controller."""
+
+    cfg: CityConfig
+    controller_id: str = "cityctl"
+    overrides: list[Override] = field(default_factory=list)
+    _groups: dict[str, _GroupState] = field(default_factory=dict)
+    _nodes: dict[str, _NodeState] = field(default_factory=dict)
+    _selectors: dict[str, ClassSelector] = field(default_factory=dict)
+    _segment_groups: dict[str, list[str]] = field(default_factory=dict)
+    _schedules: dict[str, GroupSchedule] = field(default_factory=dict)
+    _cmd_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    faults: FaultDetector = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.overrides:
+            self.overrides = list(self.cfg.lighting.overrides)
+        for group in self.cfg.lighting.groups:
+            self._groups[group.id] = _GroupState()
+            if group.dims_with_traffic:
+                assert group.traffic_segment is not None
+                self._selectors[group.id] = ClassSelector(group, self.cfg.lighting.traffic)
+                self._segment_groups.setdefault(group.traffic_segment, []).append(group.id)
+        for group, node, lamp_w, min_dim in self.cfg.nodes():
+            self._nodes[node] = _NodeState(group=group.id, lamp_w=lamp_w, min_dim=min_dim)
+        self.faults = FaultDetector(self.cfg.lighting.faults)
+        self._rebuild_schedules()
+        # Command ids must differ across controller restarts, or a node would take a new
+        # command for one it already applied: seed the sequence with the start instant.
+        self._epoch = ""
+
+    # -- configuration --------------------------------------------------------------------
+    def _rebuild_schedules(self) -> None:
+        self._schedules = {
+            g.id: self.cfg.group_schedule(g.id, self.overrides) for g in self.cfg.lighting.groups
+        }
+
+    def set_overrides(self, overrides: Iterable[Override]) -> None:
+        """Replace the active overrides (the API's and the config's)."""
+        self.overrides = list(overrides)
+        self._rebuild_schedules()
+
+    def schedule(self, group: str) -> GroupSchedule:
+        """The pure schedule of a group, with the current overrides."""
+        return self._schedules[group]
+
+    def knows_node(self, node: str) -> bool:
+        """Whether the node is in the config."""
+        return node in self._nodes
+
+    @property
+    def groups(self) -> list[LightGroup]:
+        """The configured groups."""
+        return list(self.cfg.lighting.groups)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def on_node_state(self, state: NodeState, mono: float) -> None:
+        """A node reported its state."""
+        ns = self._nodes[state.node]
+        if ns.last_energy_wh is not None:
+            delta = state.energy_wh - ns.last_energy_wh
+            # A counter that went down means the node restarted and counts from zero again.
+            self._groups[ns.group].energy_wh += delta if delta >= 0 else state.energy_wh
+        ns.last_energy_wh = state.energy_wh
+        ns.state = state
+        ns.state_mono = mono
+        if ns.online is None:
+            ns.online = True
+
+    def on_node_availability(self, node: str, online: bool, mono: float) -> None:
+        """A node's retained availability (its last will says offline)."""
+        ns = self._nodes[node]
+        ns.online = online
+        if online:
+            ns.state_mono = mono if ns.state_mono is None else max(ns.state_mono, mono)
+
+    def on_traffic(self, segment: str, per_hour: float, mono: float) -> list[str]:
+        """A traffic count for a segment; returns the groups it feeds."""
+        groups = self._segment_groups.get(segment, [])
+        for gid in groups:
+            self._selectors[gid].observe(per_hour, mono)
+        return groups
+
+    def knows_segment(self, segment: str) -> bool:
+        """Whether a group follows this traffic segment."""
+        return segment in self._segment_groups
+
+    # -- what should be -------------------------------------------------------------------
+    def wanted(self, group: LightGroup, now: dt.datetime, mono: float) -> Wanted:
+        """The level the group should head for at ``now``: schedule, override, traffic class."""
+        gs = self._schedules[group.id]
+        ev = evaluate(gs, now)
+        if ev.source == "override":
+            return Wanted(ev.level, 0.0, ev.level, "override", ev.detail, None)
+        # The schedule's target is the level at the end of the ramp in progress, if any.
+        target, ramp_left = ev.level, 0.0
+        night = _night(now, gs)
+        for tr in _current_and_previous(gs, night):
+            if tr.kind == "step" and tr.at <= now < tr.at + dt.timedelta(seconds=tr.ramp_s):
+                target = clamp_min_dim(tr.level, gs.min_level)
+                ramp_left = (tr.at + dt.timedelta(seconds=tr.ramp_s) - now).total_seconds()
+        selector = self._selectors.get(group.id)
+        if selector is None:
+            return Wanted(target, ramp_left, ev.level, "program", ev.detail, None)
+        cap = selector.cap_level(mono)
+        cls = selector.current(mono)
+        if target <= cap + 1e-9:
+            return Wanted(target, ramp_left, ev.level, "program", ev.detail, cls.value)
+        limited = clamp_min_dim(cap, gs.min_level)
+        return Wanted(
+            limited,
+            max(ramp_left, TRAFFIC_DIM_RAMP_S) if ev.level > limited else TRAFFIC_BRIGHTEN_RAMP_S,
+            min(ev.level, limited),
+            "traffic",
+            f"{ev.detail}; class {cls.value}: {selector.explain(mono)}",
+            cls.value,
+        )
+
+    # -- what to send ---------------------------------------------------------------------
+    def plan(
+        self,
+        now: dt.datetime,
+        mono: float,
+        *,
+        refresh_s: float,
+        retry_after_s: float,
+        announce: bool = False,
+    ) -> tuple[list[GroupCommand], list[NodeRetry]]:
+        """Commands to publish now.
+
+        A group gets a new command when its wanted level or ramp changes, the same command
+        again (new ``issued``) every ``refresh_s`` — the nodes' heartbeat — and on
+        ``announce`` (after a (re)connect). Nodes that are online but have not followed the
+        group's command within ``retry_after_s`` get their own copy, with backoff.
+        """
+        cmds: list[GroupCommand] = []
+        for group in self.cfg.lighting.groups:
+            st = self._groups[group.id]
+            want = self.wanted(group, now, mono)
+            st.wanted = want
+            prev = st.cmd
+            changed = prev is None or abs(prev.level - want.level) > 1e-6
+            if changed:
+                st.cmd = LightCommand(
+                    cmd_id=self._new_cmd_id(group.id, now),
+                    level=round(want.level, 3),
+                    ramp_s=round(want.ramp_s, 1),
+                    issued=now,
+                )
+                st.sent_mono = mono
+                cmds.append(GroupCommand(group.id, st.cmd, "change"))
+                for ns in self._nodes.values():
+                    if ns.group == group.id:
+                        ns.retry_attempt = 0
+                        ns.retry_mono = float("-inf")
+            elif announce or mono - st.sent_mono >= refresh_s:
+                assert prev is not None
+                # Same command id: a node that already applied it only notes the heartbeat;
+                # ramp time left shrinks so a late node does not ramp longer than the rest.
+                st.cmd = prev.model_copy(update={"issued": now, "ramp_s": round(want.ramp_s, 1)})
+                st.sent_mono = mono
+                cmds.append(GroupCommand(group.id, st.cmd, "announce" if announce else "refresh"))
+        retries: list[NodeRetry] = []
+        for node, ns in self._nodes.items():
+            cmd = self._groups[ns.group].cmd
+            if cmd is None or not ns.online or ns.state is None:
+                continue
+            if self._follows(ns, cmd):
+                ns.retry_attempt = 0
+                continue
+            since_cmd = mono - self._groups[ns.group].sent_mono
+            backoff = retry_after_s * (2 ** min(ns.retry_attempt, 6))
+            if since_cmd >= retry_after_s and mono - ns.retry_mono >= backoff:
+                ns.retry_attempt += 1
+                ns.retry_mono = mono
+                retries.append(
+                    NodeRetry(node, cmd.model_copy(update={"issued": now}), ns.retry_attempt)
+                )
+        return cmds, retries
+
+    def _new_cmd_id(self, group: str, now: dt.datetime) -> str:
+        return f"{int(now.timestamp()):x}-{next(self._cmd_seq)}"
+
+    @staticmethod
+    def _follows(ns: _NodeState, cmd: LightCommand) -> bool:
+        st = ns.state
+        if st is None:
+            return False
+        if st.cmd_id == cmd.cmd_id and st.mode is NodeMode.REMOTE:
+            return True
+        return st.mode is NodeMode.REMOTE and abs(st.target - cmd.level) <= LEVEL_EPS
+
+    def fallback_programs(self, now: dt.datetime, *, force: bool = False) -> list[FallbackProgram]:
+        """Tonight's program as a local-time table for each group's nodes to store.
+
+        Overrides and traffic dimming are left out on purpose: a node on its own knows neither
+        the traffic nor when an override should end, so the plain program is the safe choice.
+        Sent once per night per group (and on ``force``, after a reconnect).
+        """
+        out: list[FallbackProgram] = []
+        tz = self.cfg.location.tz
+        for group in self.cfg.lighting.groups:
+            st = self._groups[group.id]
+            gs = self.cfg.group_schedule(group.id, overrides=())
+            night = _night(now, gs)
+            if not force and st.fallback_night == night:
+                continue
+            steps: dict[dt.time, float] = {}
+            for tr in transitions(gs, night):
+                if tr.kind == "step":
+                    local = tr.at.astimezone(tz).time().replace(microsecond=0)
+                    steps[local] = round(clamp_min_dim(tr.level, gs.min_level), 3)
+            if not steps:
+                steps[dt.time(12, 0)] = 0.0
+            out.append(
+                FallbackProgram(
+                    group=group.id,
+                    issued=now,
+                    timezone=self.cfg.site.timezone,
+                    steps=[FallbackStep(at=t, level=lv) for t, lv in sorted(steps.items())],
+                )
+            )
+            st.fallback_night = night
+        return out
+
+    # -- faults -----------------------------------------------------------------------------
+    def check_faults(
+        self, now: dt.datetime, mono: float, *, link_up_for_s: float
+    ) -> dict[str, list[AlarmEntry]]:
+        """Re-derive every node's alarms; returns only the nodes whose alarms changed."""
+        views = []
+        for node, ns in self._nodes.items():
+            want = self._groups[ns.group].wanted
+            views.append(
+                NodeView(
+                    node=node,
+                    group=ns.group,
+                    lamp_w=ns.lamp_w,
+                    online=ns.online,
+                    state=ns.state,
+                    state_age_s=None if ns.state_mono is None else mono - ns.state_mono,
+                    wanted_level=None if want is None else want.level,
+                    group_cmd_age_s=mono - self._groups[ns.group].sent_mono,
+                )
+            )
+        return self.faults.update(views, now, link_up_for_s=link_up_for_s)
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> list[GroupStatus]:
+        """A line per group for logs, the status topic and the API."""
+        out = []
+        for group in self.cfg.lighting.groups:
+            st = self._groups[group.id]
+            nodes = [ns for ns in self._nodes.values() if ns.group == group.id]
+            conv = sum(1 for ns in nodes if st.cmd is not None and self._follows(ns, st.cmd))
+            off = sum(1 for ns in nodes if ns.online is False)
+            w = st.wanted
+            out.append(
+                GroupStatus(
+                    group=group.id,
+                    level=w.level if w else 0.0,
+                    source=w.source if w else "unknown",
+                    detail=w.detail if w else "",
+                    lighting_class=w.lighting_class if w else None,
+                    nodes_total=len(nodes),
+                    nodes_converged=conv,
+                    nodes_offline=off,
+                    energy_wh=st.energy_wh,
+                )
+            )
+        return out
+
+    def group_energy_wh(self) -> dict[str, float]:
+        """Energy counted per group since the controller started."""
+        return {g: st.energy_wh for g, st in self._groups.items()}
+
+    def node_group(self, node: str) -> str:
+        """The group of a configured node."""
+        return self._nodes[node].group
+
+    def nodes_of(self, group: str) -> list[str]:
+        """Node ids of a group."""
+        return [n for n, ns in self._nodes.items() if ns.group == group]
+
+    def node_state(self, node: str) -> NodeState | None:
+        """The node's last reported state."""
+        return self._nodes[node].state
+
+    def node_online(self, node: str) -> bool | None:
+        """The node's last known availability."""
+        return self._nodes[node].online
+
+    def converged(self, group: str) -> bool:
+        """Whether every online node of the group follows its current command."""
+        st = self._groups[group]
+        if st.cmd is None:
+            return False
+        return all(
+            self._follows(ns, st.cmd)
+            for ns in self._nodes.values()
+            if ns.group == group and ns.online
+        )
+
+
+def _night(now: dt.datetime, gs: GroupSchedule) -> dt.date:
+    local = now.astimezone(gs.location.tz)
+    return local.date() if local.hour >= 12 else local.date() - dt.timedelta(days=1)
+
+
+def _current_and_previous(gs: GroupSchedule, night: dt.date) -> list:  # type: ignore[type-arg]
+    # A ramp that began just before noon of the previous night can still be running.
+    return [*transitions(gs, night - dt.timedelta(days=1)), *transitions(gs, night)]

@@ -1,0 +1,309 @@
+"""The lighting loop's asyncio shell: carries :class:`LightingCore` inputs and outputs over MQTT.
+
+Wake-ups come from three places, and any of them may be missed without harm because every
+wake-up recomputes from scratch: APScheduler at each schedule transition (production), a
+regular tick, and inputs that change what is wanted (a traffic count, a reconnect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from controller.clock import Clock
+from controller.config import CityConfig
+from controller.diagnostics import DropCounter
+from controller.lighting.core import LightingCore
+from devices.lights import (
+    OFFLINE,
+    ONLINE,
+    CommandAck,
+    NodeAlarms,
+    NodeState,
+    PayloadError,
+    Topics,
+    TrafficCount,
+    decode,
+    encode,
+)
+from devices.mqtt import LinkDown, MqttLink
+from schedules.evaluate import next_change_after
+from schedules.model import Override
+
+__all__ = ["LightingService", "LightingStats"]
+
+log = logging.getLogger("cityctl.lighting")
+
+
+@dataclass
+class LightingStats:
+    """Counters of the loop for operations and tests."""
+
+    steps: int = 0
+    group_commands: int = 0
+    node_retries: int = 0
+    announces: int = 0
+    states: int = 0
+    counts: int = 0
+    rejections: int = 0
+
+
+class LightingService:
+    """Runs the street-lighting control loop over one :class:`MqttLink`."""
+
+    def __init__(self, cfg: CityConfig, link: MqttLink, clock: Clock, *, topics: Topics) -> None:
+        self.cfg = cfg
+        self.link = link
+        self.clock = clock
+        self.topics = topics
+        self.core = LightingCore(cfg, controller_id=cfg.controller.id)
+        self.stats = LightingStats()
+        self.drops = DropCounter(log, "payload")
+        self._wake = asyncio.Event()
+        self._announce = False
+        self._connected_mono: float | None = None
+        self._last_levels: dict[str, tuple[float, str]] = {}
+        self._last_summary = float("-inf")
+        self._lock = asyncio.Lock()
+        self._scheduler: object | None = None
+        root = topics.root
+        link.subscribe(f"{root}/lights/node/+/state", self._on_node_message)
+        link.subscribe(f"{root}/lights/node/+/availability", self._on_node_message)
+        link.subscribe(f"{root}/lights/node/+/ack", self._on_node_message)
+        link.subscribe(f"{root}/traffic/segment/+/count", self._on_count)
+
+    # -- wake-ups ---------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Ask the loop to recompute now."""
+        self._wake.set()
+
+    async def on_connect(self) -> None:
+        """Called by the link after every (re)connect: announce and re-send what is wanted now."""
+        self._connected_mono = self.clock.monotonic()
+        await self.link.publish(
+            self.topics.controller_availability(self.cfg.controller.id), ONLINE, qos=1, retain=True
+        )
+        self.stats.announces += 1
+        self._announce = True
+        log.info("connected to the broker: announcing and re-sending the wanted levels")
+        await self.step()
+
+    async def run(self) -> None:
+        """Loop until cancelled: recompute at every wake-up and at least every ``tick_s``.
+
+        On the machine's clock APScheduler wakes the loop at each transition. On a manual
+        clock (tests) only :meth:`wake` does; on a scaled clock (demo) the loop computes
+        its own timeout from the next transition.
+        """
+        self._start_scheduler()
+        try:
+            while True:
+                timeout = self._timeout()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                self._wake.clear()
+                await self.step()
+        finally:
+            self._stop_scheduler()
+
+    def _timeout(self) -> float | None:
+        speed = self.clock.speed
+        if speed <= 0:
+            return None
+        wait = self.cfg.lighting.tick_s
+        if not self.clock.is_real:
+            now = self.clock.now()
+            nxt = self._next_change(now)
+            if nxt is not None:
+                wait = min(wait, max(0.0, (nxt - now).total_seconds()))
+        return max(0.01, wait / speed)
+
+    # -- the step ---------------------------------------------------------------------------
+    async def step(self) -> None:
+        """One recompute: plan, publish, check faults. Safe to call at any time."""
+        async with self._lock:
+            await self._step()
+
+    async def _step(self) -> None:
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        lt = self.cfg.lighting
+        announce, self._announce = self._announce, False
+        self.stats.steps += 1
+        cmds, retries = self.core.plan(
+            now, mono, refresh_s=lt.refresh_s, retry_after_s=lt.retry_after_s, announce=announce
+        )
+        if not self.link.connected:
+            # Nothing can be sent; the next connect re-announces what is wanted then.
+            if cmds:
+                self._announce = True
+            return
+        try:
+            for fb in self.core.fallback_programs(now, force=announce):
+                await self.link.publish(
+                    self.topics.group_fallback(fb.group), encode(fb), qos=1, retain=True
+                )
+            for gc in cmds:
+                await self.link.publish(
+                    self.topics.group_set(gc.group), encode(gc.command), qos=1, retain=True
+                )
+                self.stats.group_commands += 1
+                self._log_level(gc.group, gc.command.level, gc.command.ramp_s, gc.reason)
+            for r in retries:
+                await self.link.publish(self.topics.node_set(r.node), encode(r.command), qos=1)
+                self.stats.node_retries += 1
+                log.debug("node %s lags its group: retry %d", r.node, r.attempt)
+            up_for = 0.0 if self._connected_mono is None else mono - self._connected_mono
+            for node, alarms in self.core.check_faults(now, mono, link_up_for_s=up_for).items():
+                if alarms:
+                    kinds = ", ".join(f"{a.kind} ({a.detail})" for a in alarms)
+                    log.warning("node %s: %s", node, kinds)
+                else:
+                    log.info("node %s: all alarms cleared", node)
+                payload = NodeAlarms(node=node, alarms=alarms)
+                await self.link.publish(
+                    self.topics.node_alarms(node), encode(payload), qos=1, retain=True
+                )
+        except LinkDown:
+            self._announce = True  # re-send everything once the broker is back
+            return
+        self._maybe_summary(mono)
+        self._schedule_next(now)
+
+    def _log_level(self, group: str, level: float, ramp_s: float, reason: str) -> None:
+        want = next((s for s in self.core.status() if s.group == group), None)
+        detail = want.detail if want else ""
+        source = want.source if want else ""
+        prev = self._last_levels.get(group)
+        self._last_levels[group] = (level, source)
+        if reason == "change" or prev is None:
+            log.info(
+                "group %-18s → %5.1f %% (ramp %3.0f s) %s: %s", group, level, ramp_s, source, detail
+            )
+
+    def _maybe_summary(self, mono: float) -> None:
+        if mono - self._last_summary < 60:
+            return
+        self._last_summary = mono
+        parts = []
+        for s in self.core.status():
+            parts.append(
+                f"{s.group} {s.level:.0f}% {s.nodes_converged}/{s.nodes_total} ok"
+                + (f" {s.nodes_offline} offline" if s.nodes_offline else "")
+            )
+        log.info("nodes: %s", "; ".join(parts))
+        alarms = self.core.faults.alarms()
+        if alarms:
+            log.info("active alarms on %d node(s)", len(alarms))
+        if self.drops.total:
+            log.info("%s", self.drops.summary())
+
+    # -- scheduling -------------------------------------------------------------------------
+    def _start_scheduler(self) -> None:
+        if not self.clock.is_real:
+            return  # tests and benches move time themselves and call wake()/step()
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        sched = AsyncIOScheduler(timezone=dt.UTC)
+        sched.start()
+        self._scheduler = sched
+
+    def _stop_scheduler(self) -> None:
+        sched = self._scheduler
+        if sched is not None:
+            with contextlib.suppress(Exception):
+                sched.shutdown(wait=False)  # type: ignore[attr-defined]
+            self._scheduler = None
+
+    def _schedule_next(self, now: dt.datetime) -> None:
+        sched = self._scheduler
+        if sched is None:
+            return
+        nxt = self._next_change(now)
+        if nxt is None:
+            return
+        # One job, replaced each time: a missed or duplicate wake-up only costs a recompute.
+        sched.add_job(  # type: ignore[attr-defined]
+            self.wake,
+            "date",
+            run_date=nxt,
+            id="lighting-transition",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+        )
+
+    def _next_change(self, now: dt.datetime) -> dt.datetime | None:
+        nxt: dt.datetime | None = None
+        for g in self.cfg.lighting.groups:
+            t = next_change_after(self.core.schedule(g.id), now)
+            if t is not None and (nxt is None or t < nxt):
+                nxt = t
+        return nxt
+
+    # -- inputs -----------------------------------------------------------------------------
+    def _on_node_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        parsed = self.topics.node_from(topic)
+        if parsed is None:
+            self.drops.drop(topic, "topic outside the protocol")
+            return
+        node, leaf = parsed
+        if not self.core.knows_node(node):
+            if payload:  # an empty retained message is someone clearing a topic: fine
+                self.drops.drop(topic, f"unknown node {node!r} (not in config)")
+            return
+        mono = self.clock.monotonic()
+        try:
+            if leaf == "state":
+                if not payload:
+                    return
+                state = decode(NodeState, payload)
+                if state.node != node:
+                    raise PayloadError("node", f"{state.node!r} does not match the topic's node")
+                self.core.on_node_state(state, mono)
+                self.stats.states += 1
+            elif leaf == "availability":
+                text = payload.decode("utf-8", "replace").strip()
+                if text not in (ONLINE, OFFLINE):
+                    if payload:
+                        raise PayloadError(
+                            "", f"availability must be 'online' or 'offline', got {text[:40]!r}"
+                        )
+                    return
+                self.core.on_node_availability(node, text == ONLINE, mono)
+                if text == ONLINE:
+                    self.wake()  # a node came back: it may need a retry
+            elif leaf == "ack":
+                ack = decode(CommandAck, payload)
+                if ack.status == "rejected":
+                    self.stats.rejections += 1
+                    log.warning("node %s rejected command %s: %s", node, ack.cmd_id, ack.reason)
+        except PayloadError as exc:
+            self.drops.drop(topic, str(exc))
+
+    def _on_count(self, topic: str, payload: bytes, retained: bool) -> None:
+        segment = self.topics.segment_from(topic)
+        if segment is None or not payload:
+            return
+        try:
+            count = decode(TrafficCount, payload)
+            if count.segment != segment:
+                raise PayloadError("segment", f"{count.segment!r} does not match the topic")
+        except PayloadError as exc:
+            self.drops.drop(topic, str(exc))
+            return
+        if not self.core.knows_segment(segment):
+            return  # counters for roads this controller does not light are not an error
+        self.stats.counts += 1
+        if self.core.on_traffic(segment, count.per_hour, self.clock.monotonic()):
+            self.wake()
+
+    # -- overrides --------------------------------------------------------------------------
+    def set_overrides(self, overrides: Iterable[Override]) -> None:
+        """Replace the active overrides and recompute at once."""
+        self.core.set_overrides(overrides)
+        self.wake()

@@ -1,0 +1,94 @@
+"""The controller process: one MQTT link, the lighting loop, and an orderly start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from controller.clock import Clock, SystemClock
+from controller.config import CityConfig
+from controller.lighting.service import LightingService
+from devices.lights import OFFLINE, Topics
+from devices.mqtt import MqttLink, MqttSettings, Will
+
+__all__ = ["Controller"]
+
+log = logging.getLogger("cityctl")
+
+
+class Controller:
+    """Owns the runtime pieces of one edge controller.
+
+    ``mqtt`` overrides the broker settings from the config (the demo and tests point the
+    controller at their own broker); the last will and client id are always the controller's.
+    """
+
+    def __init__(
+        self,
+        cfg: CityConfig,
+        *,
+        clock: Clock | None = None,
+        mqtt: MqttSettings | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock: Clock = clock or SystemClock()
+        self.topics = Topics(cfg.mqtt.prefix)
+        client_id = cfg.mqtt.client_id or cfg.controller.id
+        will = Will(self.topics.controller_availability(cfg.controller.id), OFFLINE.encode())
+        if mqtt is None:
+            settings = cfg.mqtt.settings(client_id, will)
+        else:
+            settings = MqttSettings(
+                host=mqtt.host,
+                port=mqtt.port,
+                client_id=client_id,
+                username=mqtt.username,
+                password=mqtt.password,
+                tls=mqtt.tls,
+                keepalive_s=mqtt.keepalive_s,
+                will=will,
+                reconnect_min_s=mqtt.reconnect_min_s,
+                reconnect_max_s=mqtt.reconnect_max_s,
+            )
+        self.link = MqttLink(settings, name=f"controller {cfg.controller.id}")
+        self.lighting = LightingService(cfg, self.link, self.clock, topics=self.topics)
+        self.link.on_connect = self.lighting.on_connect
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start the link and the loops; returns at once."""
+        s = self.link.settings
+        log.info(
+            "controller %s starting: %d groups, %d nodes, broker %s:%d",
+            self.cfg.controller.id,
+            len(self.cfg.lighting.groups),
+            sum(1 for _ in self.cfg.nodes()),
+            s.host,
+            s.port,
+        )
+        self._tasks = [
+            asyncio.create_task(self.link.run(), name="mqtt-link"),
+            asyncio.create_task(self.lighting.run(), name="lighting-loop"),
+        ]
+
+    async def stop(self) -> None:
+        """Say goodbye (retained offline) and stop every task."""
+        await self.link.close(
+            goodbye=(self.topics.controller_availability(self.cfg.controller.id), OFFLINE.encode())
+        )
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        log.info("controller %s stopped", self.cfg.controller.id)
+
+    async def run_forever(self) -> None:
+        """Start and run until cancelled (Ctrl-C or SIGTERM)."""
+        await self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()

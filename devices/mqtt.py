@@ -1,0 +1,343 @@
+"""The MQTT link: one broker connection that survives broker restarts and cut cables.
+
+Everything outside ``devices/`` talks MQTT through :class:`MqttLink` only; aiomqtt and paho
+stay behind it, so the client library can be swapped (see the dependency notes in
+``docs/architecture.md``) without touching the controller or the simulator.
+
+The link keeps no queue of outgoing messages while the broker is away. That is deliberate
+(recompute, don't replay): on every (re)connect it re-subscribes and calls ``on_connect``,
+where the owner publishes what is true *now* instead of what was true when the cable was cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+__all__ = [
+    "LinkDown",
+    "LinkStats",
+    "MessageHandler",
+    "MqttLink",
+    "MqttSettings",
+    "TlsSettings",
+    "Will",
+    "topic_matches",
+]
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, bool], Awaitable[None] | None]
+"""``handler(topic, payload, retained)``; may be a coroutine function."""
+
+
+class LinkDown(ConnectionError):
+    """Raised by :meth:`MqttLink.publish` while the broker is not reachable."""
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS towards the broker. Paths are PEM files; ``insecure`` skips host-name checks."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+    def context(self) -> ssl.SSLContext:
+        """An SSL context for these settings."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last will: published by the broker when this client vanishes without saying goodbye."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where and how to connect."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "cityctl"
+    username: str | None = None
+    password: str | None = None
+    tls: TlsSettings | None = None
+    keepalive_s: int = 30
+    will: Will | None = None
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 10.0
+    #: Upper bound on messages buffered between paho's socket reader and our dispatcher.
+    max_queued_incoming: int = 100_000
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> MqttSettings:
+        """Settings from ``mqtt://host:port`` or ``mqtts://host:port`` plus keyword fields."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"MQTT url {url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"MQTT url {url!r} has no host")
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        if parts.scheme == "mqtts" and "tls" not in kwargs:
+            kwargs["tls"] = TlsSettings()
+        if parts.username and "username" not in kwargs:
+            kwargs["username"] = parts.username
+        return cls(host=parts.hostname, port=port, **kwargs)
+
+
+@dataclass
+class LinkStats:
+    """Counters for operations; nothing dropped goes uncounted."""
+
+    connects: int = 0
+    disconnects: int = 0
+    published: int = 0
+    publish_failed: int = 0
+    received: int = 0
+    handler_errors: int = 0
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT wildcard match: ``+`` one level, ``#`` the rest."""
+    pp = pattern.split("/")
+    tp = topic.split("/")
+    for i, part in enumerate(pp):
+        if part == "#":
+            return True
+        if i >= len(tp):
+            return False
+        if part != "+" and part != tp[i]:
+            return False
+    return len(pp) == len(tp)
+
+
+@dataclass
+class _Subscription:
+    pattern: str
+    handler: MessageHandler
+    qos: int
+
+
+@dataclass
+class MqttLink:
+    """A self-healing MQTT connection with topic handlers.
+
+    Use::
+
+        link = MqttLink(settings, on_connect=announce)
+        link.subscribe("cityctl/v1/lights/node/+/state", on_state)
+        task = asyncio.create_task(link.run())
+        ...
+        await link.close()
+    """
+
+    settings: MqttSettings
+    on_connect: Callable[[], Awaitable[None]] | None = None
+    name: str = ""
+    stats: LinkStats = field(default_factory=LinkStats)
+    _subs: list[_Subscription] = field(default_factory=list)
+    _client: aiomqtt.Client | None = None
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: bool = False
+    _on_connect_task: asyncio.Task[None] | None = None
+    _run_task: asyncio.Task[None] | None = None
+    _online: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._online.set()
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up."""
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until connected; False on timeout."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def subscribe(self, pattern: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Register a handler; the subscription is (re)made on every connect."""
+        self._subs.append(_Subscription(pattern, handler, qos))
+        client = self._client
+        if client is not None and self.connected:
+            # Already connected: subscribe now too, best effort (next connect retries anyway).
+            async def _now() -> None:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.subscribe(pattern, qos=qos)
+
+            asyncio.get_running_loop().create_task(_now())
+
+    async def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 0, retain: bool = False
+    ) -> None:
+        """Publish; raises :class:`LinkDown` when not connected or the broker went away."""
+        client = self._client
+        if client is None or not self.connected:
+            self.stats.publish_failed += 1
+            raise LinkDown(f"{self.name or self.settings.client_id}: not connected")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            self.stats.publish_failed += 1
+            raise LinkDown(str(exc)) from exc
+        self.stats.published += 1
+
+    async def run(self) -> None:
+        """Connect, dispatch, and reconnect with capped exponential backoff until closed."""
+        self._run_task = asyncio.current_task()
+        delay = self.settings.reconnect_min_s
+        s = self.settings
+        while not self._closing:
+            await self._online.wait()  # suspended by abort() until resume()
+            will = None
+            if s.will is not None:
+                will = aiomqtt.Will(
+                    s.will.topic, s.will.payload, qos=s.will.qos, retain=s.will.retain
+                )
+            client = aiomqtt.Client(
+                s.host,
+                s.port,
+                identifier=s.client_id,
+                username=s.username,
+                password=s.password,
+                will=will,
+                keepalive=s.keepalive_s,
+                tls_context=s.tls.context() if s.tls else None,
+                tls_insecure=s.tls.insecure if s.tls else None,
+                clean_session=True,
+                max_queued_incoming_messages=s.max_queued_incoming,
+                timeout=5.0,
+            )
+            try:
+                async with client:
+                    self._client = client
+                    if not self._online.is_set():
+                        # abort() came while the connection was being made: cut it now.
+                        _cut(client)
+                    for sub in self._subs:
+                        await client.subscribe(sub.pattern, qos=sub.qos)
+                    self._connected.set()
+                    self.stats.connects += 1
+                    delay = s.reconnect_min_s
+                    log.debug("%s connected to %s:%s", s.client_id, s.host, s.port)
+                    if self.on_connect is not None:
+                        self._on_connect_task = asyncio.create_task(self._announce())
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                if not self._closing:
+                    log.debug("%s: broker link lost: %s", s.client_id, exc)
+            finally:
+                was_up = self._connected.is_set()
+                self._connected.clear()
+                self._client = None
+                if self._on_connect_task is not None:
+                    self._on_connect_task.cancel()
+                    self._on_connect_task = None
+                if was_up:
+                    self.stats.disconnects += 1
+            if self._closing:
+                break
+            if not self._online.is_set():
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, s.reconnect_max_s)
+
+    async def _announce(self) -> None:
+        assert self.on_connect is not None
+        try:
+            await self.on_connect()
+        except LinkDown:
+            pass  # the link dropped again; the next connect announces anew
+        except Exception:
+            log.exception("%s: on_connect failed", self.settings.client_id)
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        self.stats.received += 1
+        topic = message.topic.value
+        payload = message.payload
+        if isinstance(payload, str):
+            data = payload.encode()
+        elif isinstance(payload, bytes | bytearray):
+            data = bytes(payload)
+        else:
+            data = b"" if payload is None else str(payload).encode()
+        for sub in self._subs:
+            if not topic_matches(sub.pattern, topic):
+                continue
+            try:
+                result = sub.handler(topic, data, bool(message.retain))
+                if result is not None:
+                    await result
+            except Exception:
+                # A handler bug must not kill the link: count it, log it, go on.
+                self.stats.handler_errors += 1
+                log.exception("%s: handler for %s failed", self.settings.client_id, topic)
+
+    async def close(self, *, goodbye: tuple[str, bytes] | None = None) -> None:
+        """Stop for good: optionally publish a retained goodbye, then disconnect cleanly."""
+        self._closing = True
+        client = self._client
+        if client is not None and self.connected and goodbye is not None:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
+        task = self._run_task
+        self._online.set()
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._connected.clear()
+
+    def abort(self) -> None:
+        """Drop the connection without a DISCONNECT (a cut cable): the broker fires the will.
+
+        The link stays down until :meth:`resume`.
+        """
+        self._online.clear()
+        if self._client is not None:
+            _cut(self._client)
+
+    def resume(self) -> None:
+        """Reconnect after :meth:`abort`."""
+        self._online.set()
+
+
+def _cut(client: aiomqtt.Client) -> None:
+    """End the TCP connection without an MQTT DISCONNECT, as a cut cable would."""
+    sock = client._client.socket()  # paho's socket
+    shutdown = getattr(sock, "shutdown", None)  # absent on paho's websocket wrapper
+    if shutdown is not None:
+        # shutdown(), not close(): the broker sees the connection end without a DISCONNECT
+        # (so it fires the will), and the socket turns readable at EOF, so paho takes its
+        # normal connection-lost path at once. Closing the fd under paho instead left the
+        # link "connected" until the keepalive ran out, and made paho (un)register a dead
+        # fd (-1) with the event loop.
+        with contextlib.suppress(OSError):
+            shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,227 @@
+"""MqttLink against a real Mosquitto: connect, subscribe, survive a broker restart, last will."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from devices.mqtt import LinkDown, MqttLink, MqttSettings, Will
+from tests.helpers import Mosquitto, wait_for
+
+Received = list[tuple[str, bytes, bool]]
+
+
+class Harness:
+    """Starts links and makes sure every one is closed at the end of the test."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.links: list[tuple[MqttLink, asyncio.Task[None]]] = []
+
+    def link(
+        self,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+    ) -> MqttLink:
+        settings = MqttSettings.from_url(
+            self.broker.url,
+            client_id=client_id,
+            will=will,
+            keepalive_s=5,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.5,
+        )
+        link = MqttLink(settings, on_connect=on_connect, name=client_id)
+        self.links.append((link, asyncio.create_task(link.run())))
+        return link
+
+    async def close(self) -> None:
+        for link, task in self.links:
+            await link.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@pytest.fixture
+async def harness(mosquitto: Mosquitto) -> AsyncIterator[Harness]:
+    h = Harness(mosquitto)
+    yield h
+    await h.close()
+
+
+def collector() -> tuple[Received, Callable[[str, bytes, bool], None]]:
+    got: Received = []
+
+    def handler(topic: str, payload: bytes, retained: bool) -> None:
+        got.append((topic, payload, retained))
+
+    return got, handler
+
+
+async def test_connects_subscribes_and_receives(harness: Harness, mqtt_prefix: str) -> None:
+    got, handler = collector()
+    sub = harness.link("sub")
+    sub.subscribe(f"{mqtt_prefix}/a/+", handler)
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    await pub.publish(f"{mqtt_prefix}/a/x", b"hello", qos=1)
+    await pub.publish(f"{mqtt_prefix}/b/x", b"not for us", qos=1)
+    await wait_for(lambda: got, 3, what="the message on a/x")
+    await asyncio.sleep(0.1)
+    assert got == [(f"{mqtt_prefix}/a/x", b"hello", False)]
+    assert sub.stats.received == 1 and sub.stats.connects == 1
+
+
+async def test_retained_message_is_flagged(harness: Harness, mqtt_prefix: str) -> None:
+    pub = harness.link("pub")
+    assert await pub.wait_connected(5)
+    await pub.publish(f"{mqtt_prefix}/r", b"kept", qos=1, retain=True)
+    got, handler = collector()
+    sub = harness.link("sub")
+    sub.subscribe(f"{mqtt_prefix}/#", handler)
+    await wait_for(lambda: got, 3, what="the retained message")
+    assert got == [(f"{mqtt_prefix}/r", b"kept", True)]
+
+
+async def test_subscribe_while_connected_takes_effect(harness: Harness, mqtt_prefix: str) -> None:
+    sub = harness.link("sub")
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    got, handler = collector()
+    sub.subscribe(f"{mqtt_prefix}/late", handler)
+
+    async def delivered() -> bool:
+        await pub.publish(f"{mqtt_prefix}/late", b"x", qos=1)
+        return bool(got)
+
+    await wait_for(delivered, 3, interval=0.05, what="delivery on a late subscription")
+
+
+async def test_broker_restart_reconnects_resubscribes_and_announces(
+    harness: Harness, mosquitto: Mosquitto, mqtt_prefix: str
+) -> None:
+    announced = 0
+
+    async def on_connect() -> None:
+        nonlocal announced
+        announced += 1
+
+    got, handler = collector()
+    sub = harness.link("sub", on_connect=on_connect)
+    sub.subscribe(f"{mqtt_prefix}/t", handler)
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    await wait_for(lambda: announced == 1, 3, what="first on_connect")
+
+    mosquitto.restart()
+    await wait_for(lambda: sub.stats.disconnects >= 1, 5, what="the link noticing the restart")
+    await wait_for(lambda: sub.connected and pub.connected, 10, what="both links reconnected")
+    await wait_for(lambda: announced == 2, 3, what="on_connect after the reconnect")
+    assert sub.stats.connects == 2
+
+    # The subscription was made again on the new broker (which forgot everything).
+    await pub.publish(f"{mqtt_prefix}/t", b"after", qos=1)
+    await wait_for(lambda: (f"{mqtt_prefix}/t", b"after", False) in got, 3, what="delivery")
+
+
+async def test_publish_while_down_raises_link_down(
+    harness: Harness, mosquitto: Mosquitto, mqtt_prefix: str
+) -> None:
+    link = harness.link("pub")
+    assert await link.wait_connected(5)
+    mosquitto.stop()
+    await wait_for(lambda: not link.connected, 5, what="the link noticing the broker is gone")
+    with pytest.raises(LinkDown):
+        await link.publish(f"{mqtt_prefix}/x", b"lost", qos=1)
+    assert link.stats.publish_failed == 1
+    mosquitto.start()  # same port
+    await wait_for(lambda: link.connected, 10, what="reconnect after the broker came back")
+    await link.publish(f"{mqtt_prefix}/x", b"ok", qos=1)
+
+
+async def test_publish_before_connect_raises_link_down(mqtt_prefix: str) -> None:
+    link = MqttLink(MqttSettings(port=1, client_id="never"))
+    with pytest.raises(LinkDown):
+        await link.publish(f"{mqtt_prefix}/x", b"x")
+
+
+async def test_abort_fires_last_will_and_resume_comes_back(
+    harness: Harness, mqtt_prefix: str
+) -> None:
+    avail = f"{mqtt_prefix}/node/n1/availability"
+
+    async def announce() -> None:
+        await node.publish(avail, b"online", qos=1, retain=True)
+
+    node = harness.link("n1", will=Will(avail, b"offline"), on_connect=announce)
+    watcher_got, handler = collector()
+    watcher = harness.link("watcher")
+    watcher.subscribe(avail, handler)
+    await wait_for(lambda: watcher_got and watcher_got[-1][1] == b"online", 5, what="online")
+
+    node.abort()
+    await wait_for(lambda: watcher_got[-1][1] == b"offline", 5, what="the last will")
+    assert not node.connected
+    await asyncio.sleep(0.3)
+    assert not node.connected, "an aborted link must stay down until resume()"
+
+    # A client arriving later sees the retained "offline".
+    late_got, late_handler = collector()
+    late = harness.link("late")
+    late.subscribe(avail, late_handler)
+    await wait_for(lambda: late_got, 5, what="the retained availability")
+    assert late_got == [(avail, b"offline", True)]
+
+    node.resume()
+    await wait_for(lambda: watcher_got[-1][1] == b"online", 5, what="online after resume")
+    assert node.stats.connects == 2
+
+
+async def test_close_with_goodbye_publishes_it(harness: Harness, mqtt_prefix: str) -> None:
+    avail = f"{mqtt_prefix}/ctl/availability"
+    node = harness.link("ctl", will=Will(avail, b"offline"))
+    got, handler = collector()
+    watcher = harness.link("watcher")
+    watcher.subscribe(avail, handler)
+    assert await node.wait_connected(5) and await watcher.wait_connected(5)
+    await node.close(goodbye=(avail, b"offline"))
+    await wait_for(lambda: got, 5, what="the goodbye")
+    assert got[-1][1] == b"offline"
+    assert not node.connected
+
+
+async def test_handler_error_is_counted_and_link_survives(
+    harness: Harness, mqtt_prefix: str
+) -> None:
+    got, good = collector()
+
+    def bad(topic: str, payload: bytes, retained: bool) -> None:
+        raise RuntimeError("boom")
+
+    sub = harness.link("sub")
+    sub.subscribe(f"{mqtt_prefix}/x", bad)
+    sub.subscribe(f"{mqtt_prefix}/x", good)
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    for i in range(3):
+        await pub.publish(f"{mqtt_prefix}/x", str(i).encode(), qos=1)
+    await wait_for(lambda: len(got) == 3, 3, what="three deliveries")
+    assert sub.stats.handler_errors == 3
+
+
+async def test_abort_before_the_connection_is_up_keeps_the_link_down(
+    harness: Harness, mqtt_prefix: str
+) -> None:
+    avail = f"{mqtt_prefix}/node/n2/availability"
+    node = harness.link("n2", will=Will(avail, b"offline"))
+    node.abort()  # the run task has not even connected yet
+    await asyncio.sleep(0.5)
+    assert not node.connected and node.stats.connects <= 1
+    node.resume()
+    assert await node.wait_connected(5)
