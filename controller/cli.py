@@ -38,8 +38,10 @@ def _setup_logging(level: str) -> None:
         datefmt="%H:%M:%S",
     )
     # Library chatter is noise for operators; our own loggers say what matters.
-    for noisy in ("amqtt", "transitions", "apscheduler", "matplotlib", "pymodbus"):
+    for noisy in ("transitions", "apscheduler", "matplotlib", "pymodbus"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The embedded broker complains about undelivered messages at every shutdown.
+    logging.getLogger("amqtt").setLevel(logging.ERROR)
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:

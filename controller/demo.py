@@ -127,6 +127,17 @@ async def run_demo(
 ) -> int:
     """Run the demo until cancelled or for ``duration_s`` real seconds."""
     clock = ScaledClock(_start_instant(cfg, start), speed)
+    # Nodes report on a 5 Hz real-time tick; at a high speed-up that is minutes of clock
+    # time, so the "silent node" threshold is stretched to at least 5 real seconds.
+    # The same holds for the per-node retry: give a node one real second to answer.
+    lt = cfg.lighting
+    faults_cfg = lt.faults.model_copy(
+        update={"stale_after_s": max(lt.faults.stale_after_s, 5 * speed)}
+    )
+    lt = lt.model_copy(
+        update={"faults": faults_cfg, "retry_after_s": max(lt.retry_after_s, 1.0 * speed)}
+    )
+    cfg = cfg.model_copy(update={"lighting": lt})
     tz = cfg.location.tz
     broker = EmbeddedBroker(broker_port)
     await broker.start()

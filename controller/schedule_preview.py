@@ -9,7 +9,7 @@ from controller.config import CityConfig
 from schedules.energy import LampPowerModel
 from schedules.evaluate import evaluate, transitions
 from schedules.model import Anchor
-from schedules.preview import plot_night, plot_year, year_summary
+from schedules.preview import NightSummary, YearSummary, plot_night, plot_year, year_summary
 from schedules.sun import sun_event
 
 __all__ = ["preview_night", "preview_year"]
@@ -75,7 +75,7 @@ def preview_year(cfg: CityConfig, group: str, year: int, out: str | None) -> int
     print(
         f"{cfg.site.name} — group {group} ({g.road}), year {year}, {n} lamps, {watts / 1000:.1f} kW rated"
     )
-    print(summary.format_table() if hasattr(summary, "format_table") else summary)
+    print(format_year(summary))
     path = Path(out or f"preview-{group}-{year}.png")
     plot_year(summary, path)
     print(f"plot: {path}")
@@ -87,3 +87,34 @@ def _fmt_event(ev: object, tz: dt.tzinfo) -> str:
     if isinstance(when, dt.datetime):
         return when.astimezone(tz).strftime("%H:%M")
     return str(getattr(ev, "kind", "none"))
+
+
+def format_year(summary: YearSummary) -> str:
+    """Totals and a month-by-month table of a year summary."""
+    lines = [
+        f"burning hours {summary.burning_hours:8.0f} h",
+        f"energy        {summary.energy_kwh:8.0f} kWh   (all night at 100 %: "
+        f"{summary.baseline_kwh:.0f} kWh)",
+        f"saving        {summary.saving_pct:8.1f} %",
+        "",
+        f"{'month':<7}{'nights':>7}{'lit h':>8}{'kWh':>9}{'full-on kWh':>13}{'saving':>8}"
+        f"   earliest on / latest off",
+    ]
+    by_month: dict[int, list[NightSummary]] = {}
+    for n in summary.nights:
+        by_month.setdefault(n.night.month, []).append(n)
+    for month, nights in sorted(by_month.items()):
+        lit = sum(n.burning_h for n in nights)
+        kwh = sum(n.energy_wh for n in nights) / 1000
+        base = sum(n.baseline_wh for n in nights) / 1000
+        ons = [n.on_at for n in nights if n.on_at is not None]
+        offs = [n.off_at for n in nights if n.off_at is not None]
+        first_on = min((t.timetz() for t in ons), default=None)
+        last_off = max((t.timetz() for t in offs), default=None)
+        span = f"{first_on:%H:%M} / {last_off:%H:%M}" if first_on and last_off else "—"
+        saving = 100 * (1 - kwh / base) if base else 0.0
+        lines.append(
+            f"{dt.date(summary.year, month, 1):%b}    {len(nights):>7}{lit:>8.0f}{kwh:>9.0f}"
+            f"{base:>13.0f}{saving:>7.1f}%   {span}"
+        )
+    return "\n".join(lines)

@@ -283,6 +283,9 @@ def decode(model: type[M], payload: bytes | str) -> M:
         raw: Any = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError("", f"not JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        # e.g. an integer of 5,000 digits, or brackets nested thousands deep
+        raise PayloadError("", f"not acceptable JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
     if not isinstance(raw, dict):
         raise PayloadError("", f"expected a JSON object, got {type(raw).__name__}")
     try:

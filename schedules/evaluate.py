@@ -272,7 +272,8 @@ class _Ramp:
     ramp_s: float
 
     def level(self, t: float) -> float:
-        if self.ramp_s <= 0.0 or t >= self.t0 + self.ramp_s:
+        # ``end`` treats a ramp between (nearly) equal levels as a jump; so must this.
+        if t >= self.end:
             return self.target
         if t <= self.t0:
             return self.start
@@ -325,6 +326,22 @@ class _OwnOverride:
         return self.start < t <= self.until
 
 
+@dataclass
+class _Memo:
+    """The nights a :class:`GroupSchedule` has worked out. Bounded by clearing it all now and
+    then: a controller only ever needs the last few nights, a year preview a year's."""
+
+    resolved: dict[dt.date, tuple[str, tuple[ResolvedStep, ...]]] = field(default_factory=dict)
+    carry: dict[dt.date, _Ramp] = field(default_factory=dict)
+    plans: dict[dt.date, _Plan] = field(default_factory=dict)
+
+    def trim(self) -> None:
+        if len(self.resolved) + len(self.carry) + len(self.plans) >= _MEMO_MAX:
+            self.resolved.clear()
+            self.carry.clear()
+            self.plans.clear()
+
+
 @dataclass(frozen=True)
 class GroupSchedule:
     """Everything that decides one light group's level: where, which calendar and programs,
@@ -343,9 +360,7 @@ class GroupSchedule:
     overrides: tuple[Override, ...] = ()
     min_level: float = 0.0
     _own: tuple[_OwnOverride, ...] = field(default=(), init=False, repr=False, compare=False)
-    _memo: dict[tuple[str, dt.date], object] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
+    _memo: _Memo = field(default_factory=_Memo, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "programs", MappingProxyType(dict(self.programs)))
@@ -384,20 +399,14 @@ class GroupSchedule:
         return self.programs[self.calendar.program_for(night)]
 
 
-def _memo(gs: GroupSchedule, key: tuple[str, dt.date], value: object) -> None:
-    if len(gs._memo) >= _MEMO_MAX:
-        gs._memo.clear()  # crude but bounded; a controller only ever needs a few nights
-    gs._memo[key] = value
-
-
 def _resolved(gs: GroupSchedule, night: dt.date) -> tuple[str, tuple[ResolvedStep, ...]]:
-    key = ("resolved", night)
-    hit = gs._memo.get(key)
+    hit = gs._memo.resolved.get(night)
     if hit is None:
         name = gs.calendar.program_for(night)
         hit = (name, resolve_steps(gs.programs[name], gs.location, night))
-        _memo(gs, key, hit)
-    return hit  # type: ignore[return-value]
+        gs._memo.trim()
+        gs._memo.resolved[night] = hit
+    return hit
 
 
 def _build_plan(gs: GroupSchedule, night: dt.date, initial: _Ramp) -> _Plan:
@@ -415,25 +424,25 @@ def _build_plan(gs: GroupSchedule, night: dt.date, initial: _Ramp) -> _Plan:
 
 def _carry_into(gs: GroupSchedule, night: dt.date) -> _Ramp:
     """The level function the night before ``night`` ends with (one night of look-back)."""
-    key = ("carry", night)
-    hit = gs._memo.get(key)
+    hit = gs._memo.carry.get(night)
     if hit is None:
         before = night - _DAY
         # The night before that is assumed to have ended at its program's last level.
         steps = gs.program_for(before - _DAY).steps
         seed = _Ramp(0.0, 0.0, steps[-1].level if steps else 0.0, 0.0)
         hit = _build_plan(gs, before, seed).final
-        _memo(gs, key, hit)
-    return hit  # type: ignore[return-value]
+        gs._memo.trim()
+        gs._memo.carry[night] = hit
+    return hit
 
 
 def _plan(gs: GroupSchedule, night: dt.date) -> _Plan:
-    key = ("plan", night)
-    hit = gs._memo.get(key)
+    hit = gs._memo.plans.get(night)
     if hit is None:
         hit = _build_plan(gs, night, _carry_into(gs, night))
-        _memo(gs, key, hit)
-    return hit  # type: ignore[return-value]
+        gs._memo.trim()
+        gs._memo.plans[night] = hit
+    return hit
 
 
 @dataclass(frozen=True)
@@ -597,11 +606,13 @@ def _shape(eff: _Effective, t: float, min_level: float) -> tuple[float, float, f
     """What the wanted level does from ``t`` on: (level now, target, when it gets there)."""
     st = eff.state
     now, target = clamp_min_dim(st.level(t), min_level), clamp_min_dim(st.target, min_level)
-    return now, target, max(st.end, t) if abs(now - target) > _EPS else t
+    return now, target, max(st.end, t) if now != target else t
 
 
 def _same(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    return all(abs(x - y) <= 1e-6 for x, y in zip(a, b, strict=True))
+    # Exact: both sides come out of the same arithmetic when nothing changes, and any
+    # tolerance would hide a real change (1e-6 % → 0 is on → off).
+    return a == b
 
 
 def transitions(group: GroupSchedule, night: dt.date) -> list[Transition]:

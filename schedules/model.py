@@ -49,7 +49,8 @@ class Location(_Strict):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+            # OSError: keys such as "America" name a directory of the tz database
             raise ValueError(f"unknown IANA time zone {value!r}") from exc
         return value
 

@@ -19,8 +19,9 @@ Efficiency notes (the simulator must scale to thousands of nodes in one process)
 - handlers are bound per node at start-up: no per-message search over nodes;
 - a group command reaches every node of the group as the same bytes, so decoded payloads are
   cached by their bytes (one pydantic validation per distinct payload, not per node);
-- state publications are coalesced: a change marks the node dirty and one publisher task
-  sends the latest state of every dirty node;
+- a command's new state is published straight from the node's message handler (no task, no
+  queue); other changes (ticks, ramp ends, faults, periodic reports) mark the node dirty and
+  one publisher task sends the latest state of every dirty node, coalescing repeats;
 - one ticker task advances every node at ``tick_hz``; rejections are acknowledged at most
   ``reject_burst`` at a time per node (refilled at ``reject_rate_hz``), the rest are counted.
 """
@@ -434,7 +435,11 @@ class LightSimulator:
             reason = f"stale: issued {when} (limit {self.fallback_after_s:g} s)"
             await self._send_rejection(rt, cmd.cmd_id, reason, now)
         if rt.model.changed:
-            self._mark_dirty(rt)
+            # Straight from the handler: no task, no queue hop (this is the hot path of a group
+            # command reaching thousands of nodes). State first, so a controller that sees the
+            # ack finds the new state already delivered (same connection, in order).
+            self._dirty.pop(rt.spec.node, None)
+            await self._publish_state(rt)
         if addressed and outcome in (CommandOutcome.APPLIED, CommandOutcome.DUPLICATE):
             await self._ack(rt, CommandAck(node=rt.spec.node, cmd_id=cmd.cmd_id, status="applied"))
 
@@ -655,6 +660,7 @@ async def run_lights(
     prefix: str = "cityctl",
     *,
     node_prefix: str = "lamp-",
+    first: int = 0,
     rated_w: float = 100.0,
     min_dim: float = 10.0,
     fallback_after_s: float = 300.0,
@@ -666,12 +672,14 @@ async def run_lights(
     """Run ``count`` simulated nodes until cancelled (or for ``duration_s``); return the stats.
 
     Nodes are named ``{node_prefix}0001`` … ; ``group_of`` gives the group of node *i*
-    (0-based): a function, a mapping, or one group name for all. ``settings`` (TLS, passwords)
-    overrides ``host``/``port``. ``ready(sim)`` is called once the nodes are connected.
+    (0-based): a function, a mapping, or one group name for all. ``first`` shifts the
+    numbering, so several processes can share a large district (``first=0, count=2500`` and
+    ``first=2500, count=2500``). ``settings`` (TLS, passwords) overrides ``host``/``port``.
+    ``ready(sim)`` is called once the nodes are connected.
     """
-    width = max(4, len(str(count)))
+    width = max(4, len(str(first + count)))
     specs = []
-    for i in range(count):
+    for i in range(first, first + count):
         if isinstance(group_of, str):
             group = group_of
         elif callable(group_of):

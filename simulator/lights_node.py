@@ -248,7 +248,9 @@ class LightNode:
             )
         try:
             zone = ZoneInfo(program.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: "America" is a directory of the tz database, a 300-character key is
+            # too long a file name; both raise past ZoneInfoNotFoundError.
             raise PayloadError("timezone", f"unknown time zone {program.timezone!r}") from None
         self.tick(now)
         if self.fallback is not None and program.issued < self.fallback.issued:

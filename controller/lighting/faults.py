@@ -24,6 +24,9 @@ from schedules.energy import LampPowerModel
 
 __all__ = ["FaultDetector", "NodeView"]
 
+#: Alarms judged from measured power, which needs a settled node.
+_POWER_ALARMS = ("lamp_failure", "power_out_of_band", "day_burner")
+
 
 @dataclass(frozen=True)
 class NodeView:
@@ -46,9 +49,17 @@ class FaultDetector:
     settings: FaultSettings
     active: dict[str, dict[str, AlarmEntry]] = field(default_factory=dict)
 
-    def diagnose(self, v: NodeView, link_up_for_s: float) -> dict[str, str]:
-        """Alarm kind → detail for one node, from scratch."""
+    def diagnose(
+        self, v: NodeView, link_up_for_s: float, previous: dict[str, AlarmEntry] | None = None
+    ) -> dict[str, str]:
+        """Alarm kind → detail for one node.
+
+        Power can only be judged once a node has settled (no ramp in progress, the command
+        old enough). While it has not, the power alarms it already had are kept rather than
+        cleared, so an alarm does not flicker off and on with every command.
+        """
         s = self.settings
+        previous = previous or {}
         found: dict[str, str] = {}
         st = v.state
         if v.online is False:
@@ -72,6 +83,9 @@ class FaultDetector:
         lamp = LampPowerModel(rated_w=v.lamp_w)
         settled = abs(st.level - st.target) < 0.5 and v.group_cmd_age_s >= s.settle_s
         if not settled:
+            for kind in _POWER_ALARMS:
+                if kind in previous:
+                    found[kind] = previous[kind].detail
             return found
         if v.wanted_level is not None and v.wanted_level <= 0.0:
             lit = st.level > s.day_burner_level or st.power_w > lamp.power_w(s.day_burner_level)
@@ -100,8 +114,8 @@ class FaultDetector:
         """Diagnose every node; return the full alarm list of each node whose alarms changed."""
         changed: dict[str, list[AlarmEntry]] = {}
         for v in views:
-            found = self.diagnose(v, link_up_for_s)
             old = self.active.get(v.node, {})
+            found = self.diagnose(v, link_up_for_s, old)
             if set(found) == set(old):
                 # Same kinds: keep the original 'since', refresh nothing.
                 continue

@@ -68,6 +68,7 @@ class LightingService:
         self._connected_mono: float | None = None
         self._last_levels: dict[str, tuple[float, str]] = {}
         self._last_summary = float("-inf")
+        self._last_summary_text = ""
         self._lock = asyncio.Lock()
         self._scheduler: object | None = None
         root = topics.root
@@ -186,19 +187,24 @@ class LightingService:
             )
 
     def _maybe_summary(self, mono: float) -> None:
-        if mono - self._last_summary < 60:
+        # At most every minute of clock time, and every 10 real seconds on a fast demo clock;
+        # an unchanged summary is repeated only every 15 minutes.
+        every = max(60.0, 10.0 * self.clock.speed)
+        if mono - self._last_summary < every:
             return
-        self._last_summary = mono
         parts = []
         for s in self.core.status():
             parts.append(
                 f"{s.group} {s.level:.0f}% {s.nodes_converged}/{s.nodes_total} ok"
                 + (f" {s.nodes_offline} offline" if s.nodes_offline else "")
             )
-        log.info("nodes: %s", "; ".join(parts))
         alarms = self.core.faults.alarms()
-        if alarms:
-            log.info("active alarms on %d node(s)", len(alarms))
+        text = "; ".join(parts) + (f" — alarms on {len(alarms)} node(s)" if alarms else "")
+        if text == self._last_summary_text and mono - self._last_summary < 15 * every:
+            return
+        self._last_summary = mono
+        self._last_summary_text = text
+        log.info("nodes: %s", text)
         if self.drops.total:
             log.info("%s", self.drops.summary())
 

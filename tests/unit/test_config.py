@@ -136,6 +136,7 @@ def test_errors_carry_line_numbers() -> None:
         ),
         (lambda d: d["mqtt"].update(password_env="X", password_file="/f"), "mqtt", "not both"),
         (lambda d: d["site"].update(latitude=95), "site.latitude", "less than or equal"),
+        (lambda d: d["site"].update(timezone="America"), "site.timezone", "unknown IANA time zone"),
         (lambda d: d.pop("site"), "site", "required field is missing"),
     ],
 )

@@ -254,9 +254,10 @@ def test_fallback_program_checks() -> None:
     node = make_node()
     with pytest.raises(PayloadError, match="group"):
         node.set_fallback(program((18, 80.0), group="other"), 0.0)
-    bad_zone = program((18, 80.0)).model_copy(update={"timezone": "Mars/Olympus"})
-    with pytest.raises(PayloadError, match="time zone"):
-        node.set_fallback(bad_zone, 0.0)
+    for zone in ("Mars/Olympus", "America", "x" * 300, "../etc/passwd", ""):
+        bad_zone = program((18, 80.0)).model_copy(update={"timezone": zone})
+        with pytest.raises(PayloadError, match="time zone"):
+            node.set_fallback(bad_zone, 0.0)
     assert node.set_fallback(program((18, 80.0), issued=100.0), 0.0)
     assert not node.set_fallback(program((18, 20.0), issued=50.0), 0.0), "older program kept out"
     assert node.fallback is not None and node.fallback.steps[0].level == 80.0
