@@ -191,10 +191,12 @@ def cmd_sim_fault(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_lighting(args: argparse.Namespace) -> int:
-    from controller.bench.lighting import format_table, run_lighting_bench
+    from controller.bench.lighting import format_table, plot_result, run_lighting_bench
 
     cfg = _load(args.config)
     result = run_lighting_bench(cfg, args.year, step_s=args.step)
+    if args.plot:
+        plot_result(result, args.plot)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     else:
@@ -305,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--step", type=float, default=300.0, help="simulation step, s")
     bl.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bl.add_argument("--table", action="store_true", help="with --json: the table on stderr too")
+    bl.add_argument("--plot", metavar="PNG", help="also write a bar chart of energy per group")
     bl.set_defaults(func=cmd_bench_lighting)
     return p
 

@@ -89,6 +89,11 @@ class Controller:
         """Start and run until cancelled (Ctrl-C or SIGTERM)."""
         await self.start()
         try:
-            await asyncio.gather(*self._tasks)
+            # asyncio.wait, unlike gather, leaves the tasks running when we are cancelled, so
+            # stop() can still say goodbye over the live link before it ends them.
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                if not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
         finally:
             await self.stop()

@@ -285,7 +285,9 @@ def decode(model: type[M], payload: bytes | str) -> M:
         raise PayloadError("", f"not JSON ({exc})") from None
     except (ValueError, RecursionError) as exc:
         # e.g. an integer of 5,000 digits, or brackets nested thousands deep
-        raise PayloadError("", f"not acceptable JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
+        raise PayloadError(
+            "", f"not acceptable JSON ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
     if not isinstance(raw, dict):
         raise PayloadError("", f"expected a JSON object, got {type(raw).__name__}")
     try:

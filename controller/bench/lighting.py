@@ -43,6 +43,7 @@ import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from controller.config import CityConfig, LightGroup, LightingClass
@@ -540,3 +541,42 @@ def format_table(result: dict[str, Any]) -> str:
         f"runtime {result['runtime_s']:.1f} s",
     ]
     return "\n".join(lines)
+
+
+def plot_result(result: dict[str, Any], path: str | Path) -> Path:
+    """Bar chart per group: all-night full-on, the program alone, program + traffic dimming."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = result["groups"]
+    names = [g["group"] for g in groups]
+    base = [g["baseline_kwh"] / 1000 for g in groups]
+    prog = [g["program_only_kwh"] / 1000 for g in groups]
+    real = [g["energy_kwh"] / 1000 for g in groups]
+    fig, ax = plt.subplots(figsize=(11, 4.8))
+    x = range(len(names))
+    w = 0.27
+    ax.bar([i - w for i in x], base, w, label="all night at 100 %", color="#bbbbbb")
+    ax.bar(list(x), prog, w, label="program", color="#e0a030")
+    ax.bar([i + w for i in x], real, w, label="program + traffic dimming", color="#2f7fbf")
+    for i, g in enumerate(groups):
+        ax.text(i + w, real[i], f"−{g['saving_pct']:.0f} %", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), names, rotation=20, ha="right")
+    ax.set_ylabel("MWh per year")
+    total = result["total"]
+    ax.set_title(
+        f"{result['site']} {result['year']}: {total['energy_kwh'] / 1000:.1f} MWh against "
+        f"{total['baseline_kwh'] / 1000:.1f} MWh all-night full-on "
+        f"({total['saving_pct']:.1f} % saved, {total['below_required_h']:g} h below the required class)",
+        fontsize=10,
+    )
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

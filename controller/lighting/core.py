@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,7 +28,14 @@ from devices.lights import (
     NodeMode,
     NodeState,
 )
-from schedules.evaluate import GroupSchedule, clamp_min_dim, evaluate, transitions
+from schedules.evaluate import (
+    GroupSchedule,
+    Transition,
+    clamp_min_dim,
+    evaluate,
+    night_of,
+    transitions,
+)
 from schedules.model import Override
 
 __all__ = ["GroupCommand", "GroupStatus", "LightingCore", "NodeRetry", "Wanted"]
@@ -139,8 +147,8 @@ class LightingCore:
         self.faults = FaultDetector(self.cfg.lighting.faults)
         self._rebuild_schedules()
         # Command ids must differ across controller restarts, or a node would take a new
-        # command for one it already applied: seed the sequence with the start instant.
-        self._epoch = ""
+        # command for one it already applied: a random boot id goes into every id.
+        self._boot = secrets.token_hex(2)
 
     # -- configuration --------------------------------------------------------------------
     def _rebuild_schedules(self) -> None:
@@ -292,7 +300,7 @@ class LightingCore:
         return cmds, retries
 
     def _new_cmd_id(self, group: str, now: dt.datetime) -> str:
-        return f"{int(now.timestamp()):x}-{next(self._cmd_seq)}"
+        return f"{int(now.timestamp()):x}-{self._boot}-{next(self._cmd_seq)}"
 
     @staticmethod
     def _follows(ns: _NodeState, cmd: LightCommand) -> bool:
@@ -416,10 +424,9 @@ class LightingCore:
 
 
 def _night(now: dt.datetime, gs: GroupSchedule) -> dt.date:
-    local = now.astimezone(gs.location.tz)
-    return local.date() if local.hour >= 12 else local.date() - dt.timedelta(days=1)
+    return night_of(now, gs.location.tz)
 
 
-def _current_and_previous(gs: GroupSchedule, night: dt.date) -> list:  # type: ignore[type-arg]
+def _current_and_previous(gs: GroupSchedule, night: dt.date) -> list[Transition]:
     # A ramp that began just before noon of the previous night can still be running.
     return [*transitions(gs, night - dt.timedelta(days=1)), *transitions(gs, night)]
