@@ -357,20 +357,48 @@ def plot_year(summary: YearSummary, path: str | Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     lo = [_hours_after_noon(n.dark_from, n.night, tz) for n in summary.nights]
     hi = [_hours_after_noon(n.dark_until, n.night, tz) for n in summary.nights]
-    ax.fill_between(days, lo, hi, color="#1b2a49", alpha=0.18, label="dark (sunset → sunrise)")
+    ax.plot(days, lo, color="#1b2a49", linewidth=0)  # keeps the date axis in step with the map
+    del hi
     for attr, colour in (("sunset", "#c0392b"), ("sunrise", "#e67e22")):
         ys = []
         for n in summary.nights:
             event: SunEvent = getattr(n, attr)
             ys.append(nan if event.at is None else _hours_after_noon(event.at, n.night, tz))
         ax.plot(days, ys, color=colour, linewidth=2, label=attr)
-    most = max((len(n.steps) for n in summary.nights), default=0)
-    for i in range(most):
-        ys = [
-            _hours_after_noon(n.steps[i].at, n.night, tz) if i < len(n.steps) else nan
-            for n in summary.nights
-        ]
-        ax.plot(days, ys, linewidth=1, linestyle=":", label=f"step {i + 1}")
+    # The programmed level as a colour map: one column per night, one row per 5 minutes,
+    # so seasonal shifts of the sun steps and calendar changes (weekends, holidays) show up.
+    rows = 288
+    grid: list[list[float]] = [[nan] * len(days) for _ in range(rows)]
+    carry = 0.0
+    for col, n in enumerate(summary.nights):
+        marks = sorted((_hours_after_noon(st.at, n.night, tz), st.step.level) for st in n.steps)
+        level, k = carry, 0
+        for r in range(rows):
+            h = (r + 0.5) / 12
+            while k < len(marks) and marks[k][0] <= h:
+                level = marks[k][1]
+                k += 1
+            grid[r][col] = level
+        carry = level
+    if days:
+        import matplotlib.dates as mdates
+
+        x0 = mdates.date2num(days[0])  # type: ignore[no-untyped-call]
+        x1 = mdates.date2num(days[-1]) + 1  # type: ignore[no-untyped-call]
+        img = ax.imshow(
+            grid,
+            origin="lower",
+            aspect="auto",
+            extent=(x0, x1, 0, 24),
+            cmap="YlOrBr",
+            vmin=0,
+            vmax=100,
+            interpolation="nearest",
+            alpha=0.9,
+        )
+        ax.xaxis_date()
+        cbar = fig.colorbar(img, ax=ax, pad=0.01)
+        cbar.set_label("programmed level (%)")
     ax.set_ylim(0, 24)
     ax.set_yticks(range(0, 25, 3))
     ax.set_yticklabels([f"{(12 + h) % 24:02d}:00" for h in range(0, 25, 3)])
@@ -382,7 +410,7 @@ def plot_year(summary: YearSummary, path: str | Path) -> Path:
         fontsize=10,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=7, ncol=2)
+    ax.legend(loc="upper right", fontsize=8)
     out = Path(path)
     fig.savefig(out, format="png")
     return out

@@ -30,7 +30,6 @@ from devices.lights import (
 )
 from schedules.evaluate import (
     GroupSchedule,
-    Transition,
     clamp_min_dim,
     evaluate,
     night_of,
@@ -213,13 +212,12 @@ class LightingCore:
         ev = evaluate(gs, now)
         if ev.source == "override":
             return Wanted(ev.level, 0.0, ev.level, "override", ev.detail, None)
-        # The schedule's target is the level at the end of the ramp in progress, if any.
-        target, ramp_left = ev.level, 0.0
-        night = _night(now, gs)
-        for tr in _current_and_previous(gs, night):
-            if tr.kind == "step" and tr.at <= now < tr.at + dt.timedelta(seconds=tr.ramp_s):
-                target = clamp_min_dim(tr.level, gs.min_level)
-                ramp_left = (tr.at + dt.timedelta(seconds=tr.ramp_s) - now).total_seconds()
+        # Hand the lamps the end of the ramp in progress and the time left of it, so a
+        # controller that (re)starts mid-ramp finishes the ramp instead of jumping.
+        target = ev.target
+        ramp_left = 0.0
+        if ev.ramp_end is not None:
+            ramp_left = max(0.0, ev.ramp_end.timestamp() - now.timestamp())
         selector = self._selectors.get(group.id)
         if selector is None:
             return Wanted(target, ramp_left, ev.level, "program", ev.detail, None)
@@ -425,8 +423,3 @@ class LightingCore:
 
 def _night(now: dt.datetime, gs: GroupSchedule) -> dt.date:
     return night_of(now, gs.location.tz)
-
-
-def _current_and_previous(gs: GroupSchedule, night: dt.date) -> list[Transition]:
-    # A ramp that began just before noon of the previous night can still be running.
-    return [*transitions(gs, night - dt.timedelta(days=1)), *transitions(gs, night)]
