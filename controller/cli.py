@@ -153,10 +153,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from controller.demo import run_demo
+    from controller.demo import run_demo, start_instant
 
     _setup_logging(args.log_level)
     cfg = _load(args.config)
+    try:
+        start_instant(cfg, args.start)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     return _run_async(
         lambda: run_demo(
             cfg,
@@ -258,8 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--start",
-        default="17:00",
-        help="local start time today, HH:MM or ISO (default: %(default)s)",
+        default="sunset-30min",
+        help="when the clock starts today: HH:MM, an ISO date-time or a sun event such as "
+        "sunset-30min (default: %(default)s)",
     )
     d.add_argument("--duration", type=float, default=None, help="stop after this many real seconds")
     d.add_argument("--port", type=int, default=0, help="embedded broker port (default: a free one)")

@@ -20,6 +20,8 @@ from controller.clock import ScaledClock
 from controller.config import CityConfig
 from controller.runtime import Controller
 from devices.mqtt import MqttLink, MqttSettings
+from schedules.model import StepTime
+from schedules.sun import sun_event
 from simulator.lights import LightSimulator, NodeSpec
 from simulator.traffic import CounterStats, RoadKind, TrafficSegment, run_traffic_counters
 
@@ -96,14 +98,30 @@ def segments_for(cfg: CityConfig) -> list[TrafficSegment]:
     return list(out.values())
 
 
-def _start_instant(cfg: CityConfig, start: str) -> dt.datetime:
+def start_instant(cfg: CityConfig, start: str, today: dt.date | None = None) -> dt.datetime:
+    """When the demo clock starts: ``HH:MM``, an ISO date-time, or a sun event of today
+    such as ``sunset-30min``."""
     tz = cfg.location.tz
+    day = today or dt.datetime.now(tz).date()
     try:
-        t = dt.time.fromisoformat(start)
-        return dt.datetime.combine(dt.date.today(), t, tz)
+        return dt.datetime.combine(day, dt.time.fromisoformat(start), tz)
     except ValueError:
+        pass
+    try:
         when = dt.datetime.fromisoformat(start)
         return when if when.tzinfo else when.replace(tzinfo=tz)
+    except ValueError:
+        pass
+    try:
+        st = StepTime.parse(start)
+    except ValueError:
+        raise ValueError(
+            f"--start {start!r}: use HH:MM, an ISO date-time or e.g. sunset-30min"
+        ) from None
+    ev = sun_event(cfg.location, day, st.anchor)
+    if ev.at is None:
+        raise ValueError(f"--start {start!r}: there is no {st.anchor.value} today at this site")
+    return ev.at + st.offset
 
 
 # Faults injected during the demo: (hours after start, node, fault, active).
@@ -120,13 +138,13 @@ async def run_demo(
     cfg: CityConfig,
     *,
     speed: float = 120.0,
-    start: str = "17:00",
+    start: str = "sunset-30min",
     duration_s: float | None = None,
     broker_port: int = 0,
     faults: bool = True,
 ) -> int:
     """Run the demo until cancelled or for ``duration_s`` real seconds."""
-    clock = ScaledClock(_start_instant(cfg, start), speed)
+    clock = ScaledClock(start_instant(cfg, start), speed)
     # Nodes report on a 5 Hz real-time tick; at a high speed-up that is minutes of clock
     # time, so the "silent node" threshold is stretched to at least 5 real seconds.
     # The same holds for the per-node retry: give a node one real second to answer.

@@ -7,6 +7,7 @@ thing for people; keep the two in step.
 Topic tree (``{p}`` is the configurable prefix, default ``cityctl``)::
 
     {p}/v1/controller/{controller}/availability   retained "online"/"offline" (last will)
+    {p}/v1/controller/{controller}/lighting       retained LightingStatus, once a minute
     {p}/v1/lights/group/{group}/set               retained LightCommand for every node of a group
     {p}/v1/lights/group/{group}/fallback          retained FallbackProgram for the group
     {p}/v1/lights/node/{node}/set                 LightCommand for one node (retries, tests)
@@ -33,7 +34,9 @@ __all__ = [
     "CommandAck",
     "FallbackProgram",
     "FallbackStep",
+    "GroupStatusEntry",
     "LightCommand",
+    "LightingStatus",
     "NodeAlarms",
     "NodeFault",
     "NodeMode",
@@ -201,6 +204,31 @@ class NodeAlarms(_Payload):
     alarms: list[AlarmEntry] = Field(default_factory=list)
 
 
+class GroupStatusEntry(_Payload):
+    """One group in the controller's lighting status."""
+
+    group: str
+    level: Percent
+    source: str
+    detail: str
+    lighting_class: str | None
+    nodes_total: int = Field(ge=0)
+    nodes_following: int = Field(ge=0)
+    nodes_offline: int = Field(ge=0)
+    energy_wh: float = Field(ge=0.0)
+
+
+class LightingStatus(_Payload):
+    """The controller's retained summary: what every group is doing and what it cost."""
+
+    controller: str
+    ts: dt.datetime
+    groups: list[GroupStatusEntry]
+    nodes_with_alarms: int = Field(ge=0)
+    dropped_payloads: int = Field(ge=0)
+    _v_ts = field_validator("ts")(_aware)
+
+
 class SimFault(_Payload):
     """Simulator only: switch an injected fault on or off."""
 
@@ -218,6 +246,10 @@ class Topics:
     def controller_availability(self, controller: str) -> str:
         """Retained online/offline of a controller."""
         return f"{self.root}/controller/{controller}/availability"
+
+    def controller_lighting(self, controller: str) -> str:
+        """Retained lighting status of a controller (groups, levels, energy)."""
+        return f"{self.root}/controller/{controller}/lighting"
 
     def group_set(self, group: str) -> str:
         """Command topic of a group (retained)."""

@@ -22,6 +22,8 @@ from devices.lights import (
     OFFLINE,
     ONLINE,
     CommandAck,
+    GroupStatusEntry,
+    LightingStatus,
     NodeAlarms,
     NodeState,
     PayloadError,
@@ -69,6 +71,7 @@ class LightingService:
         self._last_levels: dict[str, tuple[float, str]] = {}
         self._last_summary = float("-inf")
         self._last_summary_text = ""
+        self._last_status = float("-inf")
         self._lock = asyncio.Lock()
         self._scheduler: object | None = None
         root = topics.root
@@ -173,7 +176,39 @@ class LightingService:
             self._announce = True  # re-send everything once the broker is back
             return
         self._maybe_summary(mono)
+        if mono - self._last_status >= max(60.0, 10.0 * self.clock.speed) or announce:
+            self._last_status = mono
+            with contextlib.suppress(LinkDown):
+                await self.link.publish(
+                    self.topics.controller_lighting(self.cfg.controller.id),
+                    encode(self.status(now)),
+                    qos=1,
+                    retain=True,
+                )
         self._schedule_next(now)
+
+    def status(self, now: dt.datetime) -> LightingStatus:
+        """The controller's lighting status as published on its status topic."""
+        return LightingStatus(
+            controller=self.cfg.controller.id,
+            ts=now,
+            groups=[
+                GroupStatusEntry(
+                    group=s.group,
+                    level=s.level,
+                    source=s.source,
+                    detail=s.detail,
+                    lighting_class=s.lighting_class,
+                    nodes_total=s.nodes_total,
+                    nodes_following=s.nodes_converged,
+                    nodes_offline=s.nodes_offline,
+                    energy_wh=max(0.0, s.energy_wh),
+                )
+                for s in self.core.status()
+            ],
+            nodes_with_alarms=len(self.core.faults.alarms()),
+            dropped_payloads=self.drops.total,
+        )
 
     def _log_level(self, group: str, level: float, ramp_s: float, reason: str) -> None:
         want = next((s for s in self.core.status() if s.group == group), None)

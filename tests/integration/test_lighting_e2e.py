@@ -22,7 +22,7 @@ import yaml
 from controller.clock import ManualClock
 from controller.config import CityConfig, parse_config
 from controller.runtime import Controller
-from devices.lights import NodeAlarms, NodeState, Topics, decode
+from devices.lights import LightingStatus, NodeAlarms, NodeState, Topics, decode
 from devices.mqtt import MqttLink, MqttSettings
 from schedules.evaluate import level_at, transitions
 from simulator.lights import LightSimulator, NodeSpec
@@ -200,6 +200,18 @@ async def test_200_nodes_converge_within_2s_of_a_transition(rig: Rig) -> None:
     took = await rig.converge(2.0)
     lv = {n: s.level for n, s in rig.observer.states.items()}
     assert (lv["QL-010"], lv["NC-003"], lv["JX-002"]) == (80.0, 30.0, 100.0)
+    # the controller's retained status says every node follows, and counts energy
+    await rig.tick(61)
+    status_topic = rig.observer.topics.controller_lighting(rig.cfg.controller.id)
+
+    def status() -> LightingStatus | None:
+        raw = rig.observer.retained.get(status_topic)
+        st = decode(LightingStatus, raw) if raw else None
+        return st if st and st.ts == rig.clock.now() else None
+
+    st = await wait_for(status, 5, what="a fresh lighting status")
+    assert all(g.nodes_following == g.nodes_total for g in st.groups), st
+    assert {g.group: g.level for g in st.groups}["ql1a"] == 80.0
     # every node has acknowledged its group's command id in its state
     for g in rig.cfg.lighting.groups:
         cmd = rig.controller.lighting.core._groups[g.id].cmd
