@@ -642,6 +642,56 @@ def _cross_checks(cfg: CityConfig) -> list[ConfigIssue]:
     return issues
 
 
+def _raw_reference_checks(data: dict[str, Any]) -> list[ConfigIssue]:
+    """Unknown program, calendar and group names, on a config that failed validation."""
+    lt = data.get("lighting")
+    if not isinstance(lt, dict):
+        return []
+
+    def names(key: str, field: str) -> set[str]:
+        items = lt.get(key)
+        if not isinstance(items, list):
+            return set()
+        return {str(i[field]) for i in items if isinstance(i, dict) and field in i}
+
+    programs = names("programs", "name")
+    calendars = names("calendars", "name")
+    groups = names("groups", "id")
+    out: list[ConfigIssue] = []
+
+    def check(path: str, value: object, known: set[str], kind: str) -> None:
+        if isinstance(value, str) and known and value not in known:
+            close = [k for k in sorted(known) if _similar(k, value)]
+            hint = (
+                f" (did you mean {close[0]!r}?)"
+                if close
+                else f" (known: {', '.join(sorted(known))})"
+            )
+            out.append(ConfigIssue(path, f"unknown {kind} {value!r}{hint}"))
+
+    for i, g in enumerate(lt.get("groups") or []):
+        if isinstance(g, dict):
+            check(f"lighting.groups[{i}].program", g.get("program"), programs, "program")
+            check(f"lighting.groups[{i}].calendar", g.get("calendar"), calendars, "calendar")
+    for i, c in enumerate(lt.get("calendars") or []):
+        if not isinstance(c, dict):
+            continue
+        check(f"lighting.calendars[{i}].default", c.get("default"), programs, "program")
+        for j, r in enumerate(c.get("rules") or []):
+            if isinstance(r, dict):
+                check(
+                    f"lighting.calendars[{i}].rules[{j}].program",
+                    r.get("program"),
+                    programs,
+                    "program",
+                )
+    for i, o in enumerate(lt.get("overrides") or []):
+        if isinstance(o, dict) and isinstance(o.get("groups"), list):
+            for j, gid in enumerate(o["groups"]):
+                check(f"lighting.overrides[{i}].groups[{j}]", gid, groups, "group")
+    return out
+
+
 def _similar(a: str, b: str) -> bool:
     """Cheap typo detector: same letters in nearly the same order."""
     if abs(len(a) - len(b)) > 2:
@@ -693,6 +743,12 @@ def parse_config(text: str, *, source: str = "config") -> tuple[CityConfig, list
             elif err["type"] == "missing":
                 msg = "required field is missing"
             issues.append(ConfigIssue(path or source, msg, _line_for(lines, path)))
+        # Names that refer to each other can still be checked on the raw data, so one run of
+        # `cityctl validate` shows a misspelt program alongside a misspelt field.
+        seen = {i.path for i in issues}
+        for ref in _raw_reference_checks(data):
+            if ref.path not in seen:
+                issues.append(ConfigIssue(ref.path, ref.message, _line_for(lines, ref.path)))
         raise ConfigError(issues) from None
     issues = _cross_checks(cfg)
     issues = [ConfigIssue(i.path, i.message, _line_for(lines, i.path), i.severity) for i in issues]
