@@ -225,6 +225,9 @@ async def run_demo(
         await sim.stop()
         await broker.stop()
         st = controller.lighting.stats
+        status = controller.lighting.core.status()
+        following = sum(g.nodes_converged for g in status)
+        log.info("demo over: %d of %d nodes follow their group's level", following, len(specs))
         log.info(
             "demo over at %s: %d group commands, %d node retries, %d node states, %d counts, "
             "%d bad payloads dropped",

@@ -38,6 +38,10 @@ async def test_demo_runs_a_night_with_faults(caplog: pytest.LogCaptureFixture) -
     assert "group ql1a               → 100.0 %" in text
     assert "node LCT-007: lamp_failure" in text
     assert "node QL-013: node_offline" in text
-    assert "48/48 ok" in text
+    assert "nodes: ql1a" in text
+    following = int(text.split("demo over: ")[1].split(" of 200")[0])
+    # At 900x a traffic step can land in the last real second, so some nodes may still be
+    # on their way; convergence itself is measured in test_lighting_e2e.
+    assert following >= 150, following
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
