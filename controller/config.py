@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from controller.signals.model import Intersection, SignalsSettings
 from devices.mqtt import MqttSettings, TlsSettings, Will
 from schedules.evaluate import GroupSchedule
 from schedules.model import LightingCalendar, LightingProgram, Location, Override
@@ -383,6 +384,11 @@ class CityConfig(_Strict):
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     lighting: LightingSettings
+    signals: SignalsSettings = Field(default_factory=SignalsSettings)
+
+    def intersections(self) -> list[Intersection]:
+        """Every intersection, validated and derived (the config loader already checked them)."""
+        return [Intersection.build(x) for x in self.signals.intersections]
 
     # -- derived views -------------------------------------------------------------------
     @property
@@ -624,6 +630,19 @@ def _cross_checks(cfg: CityConfig) -> list[ConfigIssue]:
                         f"lighting.overrides[{i}].groups[{j}]", unknown("group", gid, group_ids)
                     )
                 )
+
+    seen_x: set[str] = set()
+    for k, x in enumerate(cfg.signals.intersections):
+        base = f"signals.intersections[{k}]"
+        if x.id in seen_x:
+            issues.append(ConfigIssue(f"{base}.id", f"duplicate intersection {x.id!r}"))
+        seen_x.add(x.id)
+        try:
+            Intersection.build(x)
+        except ValueError as exc:
+            for line in str(exc).splitlines():
+                where, _, why = line.partition(": ")
+                issues.append(ConfigIssue(f"{base}.{where}", why))
 
     year = dt.date.today().year
     for i, p in enumerate(lt.programs):

@@ -1,0 +1,1 @@
+"""Traffic signals: intersection model, phase engine, safety monitor, strategies and the shell."""
