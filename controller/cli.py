@@ -87,7 +87,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     nodes = sum(1 for _ in cfg.nodes())
     print(
         f"{path}: OK — site {cfg.site.name}, {len(cfg.lighting.groups)} groups, {nodes} nodes, "
-        f"{len(cfg.lighting.programs)} programs, {len(cfg.lighting.calendars)} calendars"
+        f"{len(cfg.lighting.programs)} programs, {len(cfg.lighting.calendars)} calendars, "
+        f"{len(cfg.signals.intersections)} intersections"
         + (f", {len(warnings)} warning(s)" if warnings else "")
     )
     return 0
