@@ -146,11 +146,14 @@ async def run_demo(
     """Run the demo until cancelled or for ``duration_s`` real seconds."""
     clock = ScaledClock(start_instant(cfg, start), speed)
     # Nodes report on a 5 Hz real-time tick; at a high speed-up that is minutes of clock
-    # time, so the "silent node" threshold is stretched to at least 5 real seconds.
+    # time, so the "silent node" threshold is stretched to at least 10 real seconds, and the
+    # nodes' periodic report to at least every 3 real seconds: 200 nodes reporting every
+    # clock minute at 900× would be 3,000 messages a second, more than the pure-Python
+    # embedded broker carries, and every command would then arrive stale.
     # The same holds for the per-node retry: give a node one real second to answer.
     lt = cfg.lighting
     faults_cfg = lt.faults.model_copy(
-        update={"stale_after_s": max(lt.faults.stale_after_s, 5 * speed)}
+        update={"stale_after_s": max(lt.faults.stale_after_s, 10 * speed)}
     )
     lt = lt.model_copy(
         update={"faults": faults_cfg, "retry_after_s": max(lt.retry_after_s, 1.0 * speed)}
@@ -173,7 +176,7 @@ async def run_demo(
         specs,
         prefix=cfg.mqtt.prefix,
         fallback_after_s=cfg.lighting.fallback_after_s,
-        report_interval_s=60.0,
+        report_interval_s=max(60.0, 3.0 * speed),
         clock=_SimClockAdapter(clock),
     )
     controller = Controller(cfg, clock=clock, mqtt=settings)
