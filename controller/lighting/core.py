@@ -258,11 +258,15 @@ class LightingCore:
             want = self.wanted(group, now, mono)
             st.wanted = want
             prev = st.cmd
-            changed = prev is None or abs(prev.level - want.level) > 1e-6
+            # Compare what would be sent: the command carries the level rounded to 0.001 %,
+            # and a traffic-dimmed level such as 66.6667 % would otherwise count as a change
+            # at every step and flood the group topic with new commands.
+            level = round(want.level, 3)
+            changed = prev is None or abs(prev.level - level) > 1e-6
             if changed:
                 st.cmd = LightCommand(
                     cmd_id=self._new_cmd_id(group.id, now),
-                    level=round(want.level, 3),
+                    level=level,
                     ramp_s=round(want.ramp_s, 1),
                     issued=now,
                 )

@@ -222,3 +222,21 @@ def test_traffic_lowers_the_class_and_never_dims_junctions(cfg: CityConfig) -> N
     core.on_traffic("ql1a-centre", 3500.0, mono + 1)
     cmds, _ = core.plan(now, mono + 2, refresh_s=1e9, retry_after_s=3)
     assert {c.group: c.command.level for c in cmds}["ql1a"] == 100.0
+
+
+def test_a_level_finer_than_the_command_is_not_a_change_at_every_step(cfg: CityConfig) -> None:
+    # Traffic dimming yields levels such as 66.6667 %; the command carries 0.001 %. Planning
+    # again with the same wanted level must send nothing new (it once flooded the group topic).
+    core = LightingCore(cfg)
+    ov = Override(
+        id="third",
+        groups=["bien-hoa"],
+        level=200 / 3,
+        start=at("2026-11-25T23:00"),
+        until=at("2026-11-26T01:00"),
+    )
+    core.set_overrides([ov])
+    first, _ = core.plan(at("2026-11-25T23:30"), 0.0, refresh_s=120, retry_after_s=3)
+    assert next(c for c in first if c.group == "bien-hoa").command.level == 66.667
+    again, _ = core.plan(at("2026-11-25T23:30:05"), 5.0, refresh_s=120, retry_after_s=3)
+    assert [c.group for c in again if c.group == "bien-hoa"] == []
