@@ -242,6 +242,9 @@ class CabinetConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=502, ge=1, le=65535)
     unit: int = Field(default=1, ge=0, le=247, description="Modbus device id.")
+    channels: int = Field(
+        default=16, ge=0, le=64, description="Detector input channels the cabinet has."
+    )
     timeout_s: float = Field(default=0.5, gt=0, le=10)
     poll_s: float = Field(default=0.1, ge=0.05, le=5)
 
@@ -357,7 +360,11 @@ class Intersection:
         for i, gi in enumerate(cfg.groups):
             for j in range(n):
                 if conflict[i][j]:
-                    inter[i][j] = round(clearance[i] + gi.red_clearance_s, 1)
+                    # Rounding may only lengthen: round(3.25 + 1.0, 1) == 4.2 would cut the
+                    # all-red of a 3.25 s yellow override to 0.95 s. max() keeps the exact sum
+                    # and only cleans float noise upwards (3.8 + 1.7 = 5.499999999999999 → 5.5).
+                    total = clearance[i] + gi.red_clearance_s
+                    inter[i][j] = max(total, round(total, 1))
         for a, row in cfg.intergreens.items():
             for b, value in row.items():
                 path = f"intergreens.{a}.{b}"
@@ -415,6 +422,11 @@ class Intersection:
                         f"detectors[{k}].channel: channel {d.channel} is already {channels[d.channel]!r}"
                     )
                 channels[d.channel] = d.id
+                if d.channel >= cfg.cabinet.channels:
+                    problems.append(
+                        f"detectors[{k}].channel: channel {d.channel} is not on the cabinet "
+                        f"(cabinet.channels is {cfg.cabinet.channels})"
+                    )
         plan_names = {p.name for p in cfg.fixed_plans}
         for k, p in enumerate(cfg.fixed_plans):
             for sid in p.greens:

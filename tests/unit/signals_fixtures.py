@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.signals.model import (
+    CabinetConfig,
     DetectorConfig,
     DetectorKind,
     GroupKind,
@@ -132,6 +133,7 @@ def four_arm(**overrides: Any) -> IntersectionConfig:
         "conflicts": conflicts,
         "stages": stages,
         "detectors": _detectors(groups),
+        "cabinet": CabinetConfig(channels=32),
     }
     data.update(overrides)
     return IntersectionConfig(**data)
@@ -149,9 +151,7 @@ def t_junction(**overrides: Any) -> IntersectionConfig:
     groups = [
         SignalGroupConfig(id="W_T", approach="W", movement="through", lanes=2, **main),
         SignalGroupConfig(id="E_T", approach="E", movement="through", lanes=2, **main),
-        SignalGroupConfig(
-            id="E_L", approach="E", movement="left", **{**main, "min_green_s": 5.0}
-        ),
+        SignalGroupConfig(id="E_L", approach="E", movement="left", **{**main, "min_green_s": 5.0}),
         SignalGroupConfig(id="S_L", approach="S", movement="left", grade_pct=3, **side),
         SignalGroupConfig(id="S_R", approach="S", movement="right", grade_pct=3, **side),
         SignalGroupConfig(
@@ -179,6 +179,7 @@ def t_junction(**overrides: Any) -> IntersectionConfig:
         "conflicts": conflicts,
         "stages": stages,
         "detectors": _detectors(groups),
+        "cabinet": CabinetConfig(channels=32),
     }
     data.update(overrides)
     return IntersectionConfig(**data)

@@ -232,14 +232,46 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("mutate", "path", "words"),
     [
-        (lambda x: x["stages"][0]["groups"].append("E_T"), "signals.intersections[0].stages[0]", "conflict"),
-        (lambda x: x.update(intergreens={"N_T": {"E_T": 2.0}}), "signals.intersections[0].intergreens.N_T.E_T", "below the floor"),
-        (lambda x: x.update(intergreens={"N_T": {"S_T": 6.0}}), "signals.intersections[0].intergreens.N_T.S_T", "do not conflict"),
-        (lambda x: x["conflicts"].append(["N_T", "X_9"]), "signals.intersections[0].conflicts[48][1]", "unknown group"),
-        (lambda x: x["groups"][0].update(yellow_s=2.5), "signals.intersections[0].groups[0].yellow_s", "greater than or equal to 3"),
-        (lambda x: x["groups"][0].update(all_red_s=0.5), "signals.intersections[0].groups[0].all_red_s", "greater than or equal to 1"),
-        (lambda x: x["detectors"][1].update(channel=0), "signals.intersections[0].detectors[1].channel", "already"),
-        (lambda x: x["strategy"].update(fixed_plan="evening"), "signals.intersections[0].strategy.fixed_plan", "unknown fixed plan"),
+        (
+            lambda x: x["stages"][0]["groups"].append("E_T"),
+            "signals.intersections[0].stages[0]",
+            "conflict",
+        ),
+        (
+            lambda x: x.update(intergreens={"N_T": {"E_T": 2.0}}),
+            "signals.intersections[0].intergreens.N_T.E_T",
+            "below the floor",
+        ),
+        (
+            lambda x: x.update(intergreens={"N_T": {"S_T": 6.0}}),
+            "signals.intersections[0].intergreens.N_T.S_T",
+            "do not conflict",
+        ),
+        (
+            lambda x: x["conflicts"].append(["N_T", "X_9"]),
+            "signals.intersections[0].conflicts[48][1]",
+            "unknown group",
+        ),
+        (
+            lambda x: x["groups"][0].update(yellow_s=2.5),
+            "signals.intersections[0].groups[0].yellow_s",
+            "greater than or equal to 3",
+        ),
+        (
+            lambda x: x["groups"][0].update(all_red_s=0.5),
+            "signals.intersections[0].groups[0].all_red_s",
+            "greater than or equal to 1",
+        ),
+        (
+            lambda x: x["detectors"][1].update(channel=0),
+            "signals.intersections[0].detectors[1].channel",
+            "already",
+        ),
+        (
+            lambda x: x["strategy"].update(fixed_plan="evening"),
+            "signals.intersections[0].strategy.fixed_plan",
+            "unknown fixed plan",
+        ),
         (lambda x: x["stages"].pop(3), "signals.intersections[0].groups[6]", "in no stage"),
     ],
 )

@@ -1,0 +1,214 @@
+"""One intersection's control step, pure: detectors in, checked signal outputs out.
+
+:class:`IntersectionControl` strings the signal layers together in the order every step must
+follow, so that the asyncio runner (:mod:`controller.signals.service`), the lock-step
+benchmark and the tests run exactly the same code:
+
+1. the :class:`~controller.signals.detectors.DetectorBank` turns what the detectors reported
+   into a :class:`~controller.signals.detectors.TrafficView`;
+2. the strategy of the time of day (:class:`~controller.signals.strategies.StrategySelector`)
+   *asks* for a stage;
+3. the :class:`~controller.signals.engine.PhaseEngine` decides what is legal;
+4. the independent :class:`~controller.signals.safety.SafetyMonitor` checks the result. A
+   violation is a bug somewhere above: the intersection goes to flash at once, the violation
+   is counted and returned so the shell can raise an alarm, and the flash holds until an
+   operator (or a resynchronisation with the cabinet) restarts the engine.
+
+Nothing here sleeps or touches a socket; ``now`` is the injected monotonic clock (seconds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from controller.signals.detectors import DetectorBank, DetectorSettings, TrafficView
+from controller.signals.engine import EngineOutput, PhaseEngine, Request
+from controller.signals.model import Intersection, Signal
+from controller.signals.safety import SafetyMonitor, Violation
+from controller.signals.strategies import AdaptiveConfig, StrategySelector
+
+__all__ = ["ControlStats", "ControlStep", "IntersectionControl"]
+
+LocalTime = dt.datetime | dt.time | int | float
+"""A local wall-clock time, or minutes after local midnight (strategy schedules use it)."""
+
+
+@dataclass(frozen=True)
+class ControlStep:
+    """The outcome of one step: what to write to the cabinet and what happened."""
+
+    t: float
+    output: EngineOutput
+    strategy: str
+    request: Request
+    violations: tuple[Violation, ...] = ()
+    """Non-empty when the monitor caught the engine's output: the step shows flash instead."""
+
+    @property
+    def signals(self) -> tuple[int, ...]:
+        """Signal codes in group order, as written to the cabinet's output registers."""
+        return tuple(int(s) for s in self.output.signals)
+
+    @property
+    def flashing(self) -> bool:
+        """True while the intersection is in flash."""
+        return self.output.phase == "flash"
+
+
+@dataclass
+class ControlStats:
+    """Counters of one intersection since its control was built (kept across restarts)."""
+
+    steps: int = 0
+    stage_changes: int = 0
+    violations: int = 0
+    violations_by_kind: dict[str, int] = field(default_factory=dict)
+    flashes: int = 0
+    restarts: int = 0
+    max_outs: int = 0
+    refused_requests: int = 0
+
+
+class IntersectionControl:
+    """Detector bank, strategies, phase engine and safety monitor of one intersection.
+
+    ``upstream_greens`` feeds coordination: the times (same clock) at which the upstream
+    intersection's arterial stage turned green, e.g. another control's
+    :meth:`arterial_greens`.
+    """
+
+    def __init__(
+        self,
+        x: Intersection,
+        *,
+        now: float,
+        adaptive: AdaptiveConfig | None = None,
+        detector_settings: DetectorSettings | None = None,
+        upstream_greens: Callable[[], Sequence[float]] | None = None,
+        startup_red_s: float = 3.0,
+    ) -> None:
+        self.x = x
+        self.stats = ControlStats()
+        self.detectors = DetectorBank(x, detector_settings)
+        self.strategies = StrategySelector(x, adaptive=adaptive, upstream_greens=upstream_greens)
+        self._startup_red_s = startup_red_s
+        self.engine = PhaseEngine(x, now=now, startup_red_s=startup_red_s)
+        self.monitor = SafetyMonitor(x)
+        self.output: EngineOutput = self.engine.output
+        self.view: TrafficView | None = None
+        self.flash_reason: str | None = None
+        self._last_stage: str | None = None
+        coord = x.config.coordination
+        self._arterial = coord.arterial_stage if coord is not None else None
+        self._arterial_greens: deque[float] = deque(maxlen=8)
+        self._engine_base = self.engine.stats
+        self.monitor.check(now, self.output.signals)
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def loop_reading(
+        self,
+        channel: int,
+        count_raw: int,
+        occupancy_raw: int | None,
+        presence: bool,
+        now: float,
+    ) -> None:
+        """One read of a cabinet detector channel (16-bit wrapping registers, see devices)."""
+        self.detectors.update_loop(channel, count_raw, occupancy_raw, presence, now)
+
+    def camera_reading(
+        self, detector: str, count: int, queue: int, interval_s: float, now: float
+    ) -> None:
+        """One camera zone's interval: vehicles that crossed the stop line, queue at the end."""
+        self.detectors.update_camera(detector, count, queue, interval_s, now)
+
+    # -- the step ---------------------------------------------------------------------------
+
+    def step(self, now: float, local: LocalTime) -> ControlStep:
+        """Decide, check and return what the signals show from ``now`` on."""
+        self.stats.steps += 1
+        view = self.detectors.view(now)
+        self.view = view
+        strategy = self.strategies.current(local)
+        if self.flash_reason is None:
+            request = strategy.decide(now, self.output, view)
+        else:
+            request = Request()
+        out = self.engine.step(now, request)
+        violations = tuple(self.monitor.check(now, out.signals))
+        if violations:
+            self._violation(now, violations)
+            out = self.engine.output
+            # Flash is the safe state from anything; the monitor records it as such.
+            self.monitor.check(now, out.signals)
+        self.detectors.update_signals(out.signals, now)
+        if out.phase == "green" and out.stage != self._last_stage:
+            self.stats.stage_changes += 1
+            if out.stage == self._arterial:
+                self._arterial_greens.append(now)
+        self._last_stage = out.stage if out.phase == "green" else self._last_stage
+        self.output = out
+        self._sync_engine_stats()
+        return ControlStep(now, out, strategy.name, request, violations)
+
+    def restart(self, now: float, reason: str = "") -> None:
+        """Start again from an all-red start-up: after a flash, a cabinet resynchronisation.
+
+        The heads were not ours meanwhile (flash, or the cabinet's local plan), so the monitor
+        starts afresh too: like at power-up it holds the first green to an all-red of at least
+        the largest all-red. The cabinet's own monitor covers the hand-over from its side. The
+        detectors keep their history: the queues are still there.
+        """
+        self.stats.restarts += 1
+        self._sync_engine_stats()
+        self.engine = PhaseEngine(self.x, now=now, startup_red_s=self._startup_red_s)
+        self._engine_base = self.engine.stats
+        self.monitor = SafetyMonitor(self.x)
+        self.output = self.engine.output
+        self.flash_reason = None
+        self._last_stage = None
+        self.monitor.check(now, self.output.signals)
+        self.detectors.update_signals(self.output.signals, now)
+
+    def flash(self, now: float, reason: str) -> None:
+        """Go to flash on purpose (operator, cabinet fault); :meth:`restart` leaves it."""
+        self.flash_reason = reason or "flash"
+        self.engine.enter_flash(now, self.flash_reason)
+        self.stats.flashes += 1
+        self.output = self.engine.output
+        self.monitor.check(now, self.output.signals)
+        self.detectors.update_signals(self.output.signals, now)
+
+    # -- outputs ----------------------------------------------------------------------------
+
+    def arterial_greens(self) -> tuple[float, ...]:
+        """When this intersection's arterial stage last turned green (coordination feed)."""
+        return tuple(self._arterial_greens)
+
+    def signal_names(self) -> dict[str, str]:
+        """Group id → what it shows, for status messages."""
+        return {
+            g.id: Signal(s).name for g, s in zip(self.x.groups, self.output.signals, strict=True)
+        }
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _violation(self, now: float, violations: Sequence[Violation]) -> None:
+        for v in violations:
+            self.stats.violations += 1
+            by_kind = self.stats.violations_by_kind
+            by_kind[v.kind] = by_kind.get(v.kind, 0) + 1
+        text = "; ".join(f"{v.kind} {'/'.join(v.groups)}: {v.detail}" for v in violations)
+        self.flash(now, f"safety violation: {text}")
+
+    def _sync_engine_stats(self) -> None:
+        # The engine is replaced on restart; keep its counters cumulative here.
+        cur = self.engine.stats
+        base = self._engine_base
+        self.stats.max_outs += cur.max_outs - base.max_outs
+        self.stats.refused_requests += cur.refused_requests - base.refused_requests
+        self._engine_base = cur

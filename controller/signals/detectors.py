@@ -1,0 +1,747 @@
+"""Detectors: raw cabinet and camera readings in, what the strategies may rely on out.
+
+The controller sees the street only through its detectors (design principle 5). This module
+turns their raw readings into a :class:`TrafficView` per step and keeps them honest:
+
+**Readings.** :meth:`DetectorBank.update_loop` takes what the cabinet reports per channel:
+16-bit wrapping counters of actuations and of occupancy (0.1 s units) and the presence bit.
+Counters are unwrapped modulo 65,536. A step that is larger than the saturation flow of the
+group's lanes allows since the previous read (with slack), or that goes *backwards* by less
+than a wrap, is **erratic**: it is counted, the counter is re-based on the new value and the
+step is ignored. Occupancy that grows by more than the elapsed time, values outside 16 bits and
+non-numbers are **garbage**: counted, ignored, never a crash. :meth:`DetectorBank.update_camera`
+takes an AI camera's per-interval count (vehicles that crossed the stop line) and queue.
+
+**Per group** (:class:`GroupView`):
+
+* ``call`` — demand waiting: stop-line presence, vehicles counted upstream that reached the
+  stop line, a camera queue, a push-button press since the last walk, a recall, or a FAILED
+  detector (a constant call: a group is never starved by a broken loop). While the group is not
+  green the call *locks* (NEMA locking memory) until its next green.
+* ``gap_s`` — time since the last actuation of the group's healthy loops (0 while occupied);
+  a failed group reports 0, so an actuated controller runs it to max green (fail-safe).
+* ``arrivals_vph`` — an exponentially weighted mean (time constant ``arrival_tau_s``) of
+  arrivals: upstream counts, else camera arrivals (crossings + queue growth), else stop-line
+  counts. During a failure it keeps its last value.
+* ``queue`` — vehicles waiting at the stop line: upstream counts reach the stop line
+  ``distance / speed`` later, stop-line counts leave; it is re-based on the camera's queue when
+  a fresh camera message arrives, zeroed when the stop-line loop shows a gap during green
+  (the queue is gone) or stays empty during red (a phantom vehicle), and raised when the
+  upstream loop stays occupied during red (the queue reaches back to it). Without counts (a
+  failed or missing loop) it is modelled from ``arrivals_vph``, the saturation flow and the
+  signals. ``approaching`` lists when the vehicles between the upstream loop and the stop line
+  will arrive.
+
+**Diagnostics.** A detector is FAILED when it is *silent* (no actuation for
+``silent_loop_s``, 30 min by default; push buttons ``silent_pushbutton_s``), *stuck* (presence
+on for ``stuck_on_s``, 5 min), *erratic* (``erratic_events`` erratic or garbage readings
+within ``erratic_window_s``), *chattering* (more presence edges than traffic can make) or,
+for a camera, *stale* (no message for ``stale_camera_s``). A failure raises a
+:class:`DetectorAlarm` (:meth:`DetectorBank.alarms`, and an event for :meth:`take_events`);
+the detector recovers after ``recover_after_s`` of sane behaviour.
+
+The bank must know what the signals show (locking calls, walks, queue resets): pass them with
+:meth:`DetectorBank.update_signals` or ``view(now, signals)``. Everything is pure: no clock,
+no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from controller.signals.model import DetectorKind, GroupKind, Intersection, Signal
+
+__all__ = [
+    "DetectorAlarm",
+    "DetectorBank",
+    "DetectorEvent",
+    "DetectorSettings",
+    "FaultKind",
+    "GroupView",
+    "TrafficView",
+]
+
+FaultKind = Literal["silent", "stuck", "erratic", "chattering", "stale"]
+
+_WRAP = 1 << 16
+_HALF = 1 << 15
+_VEHICLE_SPACING_M = 7.0  # a queued car and its gap
+_LOST_S = 2.0  # start-up lost time assumed for modelled discharge
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Thresholds of the detector diagnostics and estimators."""
+
+    silent_loop_s: float = 1800.0
+    """A loop with no actuation this long is FAILED (silent)."""
+    silent_pushbutton_s: float = 86_400.0
+    """A push button nobody pressed for this long is FAILED (silent)."""
+    silent_camera_s: float = 1800.0
+    """A camera zone that counted nothing this long is FAILED (silent)."""
+    stale_camera_s: float = 60.0
+    """A camera zone without any message this long is FAILED (stale)."""
+    stuck_on_s: float = 300.0
+    """Presence on without a break this long is FAILED (stuck)."""
+    erratic_events: int = 3
+    """This many erratic or garbage readings ..."""
+    erratic_window_s: float = 300.0
+    """... within this window make the detector FAILED (erratic)."""
+    chatter_edges_per_lane: int = 12
+    """More presence on-edges than this per lane within ``chatter_window_s`` is chattering."""
+    chatter_window_s: float = 10.0
+    recover_after_s: float = 300.0
+    """A FAILED detector recovers after behaving sanely this long."""
+    saturation_vph_per_lane: float = 1800.0
+    count_slack: int = 2
+    """Counts a read may show beyond 1.5 × saturation flow before it is erratic."""
+    max_press_rate_per_s: float = 2.0
+    """Push-button presses faster than this are erratic."""
+    arrival_tau_s: float = 180.0
+    """Time constant of the arrival-rate estimate."""
+    queue_gap_reset_s: float = 2.5
+    """A stop-line gap this long during green (after start-up) proves the queue is gone."""
+    phantom_reset_s: float = 5.0
+    """An empty stop-line loop this long during red proves the estimated queue is phantom."""
+    spillback_s: float = 3.0
+    """An upstream loop occupied this long during red shows the queue reaches back to it."""
+    camera_fresh_factor: float = 2.0
+    """A camera queue is fresh for this many of its intervals."""
+
+
+@dataclass(frozen=True)
+class DetectorAlarm:
+    """A FAILED detector, for the controller to publish and log."""
+
+    detector: str
+    kind: FaultKind
+    since: float
+    detail: str
+
+
+@dataclass(frozen=True)
+class DetectorEvent:
+    """An alarm raised (``active``) or cleared at ``t``."""
+
+    t: float
+    alarm: DetectorAlarm
+    active: bool
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What a strategy knows about one signal group."""
+
+    group: str
+    kind: GroupKind
+    call: bool
+    call_since: float | None
+    """When the current call started (None: no call, or the group is green)."""
+    gap_s: float
+    arrivals_vph: float
+    """Arrivals per hour, all lanes (pedestrian groups: presses per hour)."""
+    queue: float
+    """Vehicles waiting at the stop line (pedestrian groups: presses since the last walk)."""
+    approaching: tuple[float, ...]
+    """Seconds from now until each vehicle counted upstream reaches the stop line."""
+    presence: bool
+    failed: bool
+
+
+@dataclass(frozen=True)
+class TrafficView:
+    """Every group at ``t``, in the intersection's group order."""
+
+    t: float
+    groups: tuple[GroupView, ...]
+    index: dict[str, int] = field(repr=False)
+
+    def group(self, gid: str) -> GroupView:
+        """The view of one group by id."""
+        return self.groups[self.index[gid]]
+
+
+class _Detector:
+    """State and diagnostics of one detector (loop, push button or camera zone)."""
+
+    def __init__(self, did: str, kind: DetectorKind, gidx: int, lanes: int, dist: float) -> None:
+        self.id = did
+        self.kind = kind
+        self.gidx = gidx
+        self.lanes = lanes
+        self.distance_m = dist
+        self.raw_count: int | None = None
+        self.raw_occ: int | None = None
+        self.occ_s: float | None = None
+        self.count = 0
+        self.occupied_s = 0.0
+        self.last_read: float | None = None
+        self.presence = False
+        self.presence_since: float | None = None
+        self.last_on = -math.inf  # last time it was occupied or counted
+        self.last_activity: float | None = None
+        self.edges: deque[float] = deque()
+        self.erratic: deque[float] = deque()
+        self.garbage = 0
+        self.erratic_total = 0
+        self.fault: FaultKind | None = None
+        self.fault_since = 0.0
+        self.fault_detail = ""
+        self.sane_since: float | None = None
+        # cameras
+        self.cam_queue = 0
+        self.cam_t: float | None = None
+        self.cam_interval = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.fault is not None
+
+
+class _GroupState:
+    def __init__(self, kind: GroupKind, lanes: int, speed_kmh: float) -> None:
+        self.kind = kind
+        self.lanes = lanes
+        self.speed = speed_kmh / 3.6
+        self.green = False
+        self.green_since: float | None = None
+        self.red_since: float | None = None
+        self.latched = False
+        self.call_since: float | None = None
+        self.queue = 0.0
+        self.transit: deque[float] = deque()  # ETAs at the stop line, ascending
+        self.last_eta = -math.inf
+        self.presses = 0
+        # exponentially weighted arrivals: count and observed time
+        self.w_count = 0.0
+        self.w_time = 0.0
+        self.rate_t: float | None = None
+        self.stop_clear_since: float | None = None  # stop-line loops all empty since
+        self.up_on_since: float | None = None  # an upstream loop occupied since
+        self.model_t: float | None = None  # last time the modelled queue was advanced
+
+
+class DetectorBank:
+    """All detectors of one intersection."""
+
+    def __init__(self, x: Intersection, settings: DetectorSettings | None = None) -> None:
+        self.x = x
+        self.settings = settings or DetectorSettings()
+        self._groups = [_GroupState(g.kind, g.lanes, g.speed_kmh) for g in x.groups]
+        self._dets: dict[str, _Detector] = {}
+        self._by_channel: dict[int, _Detector] = {}
+        self._by_group: list[list[_Detector]] = [[] for _ in x.groups]
+        for d in x.config.detectors:
+            gi = x.index[d.group]
+            det = _Detector(d.id, d.kind, gi, x.groups[gi].lanes, d.distance_m)
+            self._dets[d.id] = det
+            self._by_group[gi].append(det)
+            if d.channel is not None:
+                self._by_channel[d.channel] = det
+        self._recall = {x.index[g] for g in x.config.strategy.recall if g in x.index}
+        self._events: list[DetectorEvent] = []
+        self._start: float | None = None
+        self._unknown_channels = 0
+        self._unknown_cameras = 0
+        self._t = -math.inf
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def update_signals(self, signals: Sequence[int], now: float) -> None:
+        """What the signals show now (the output written to the cabinet), in group order."""
+        self._started(now)
+        for gi, code in enumerate(signals[: len(self._groups)]):
+            g = self._groups[gi]
+            green = code == Signal.GREEN
+            if green and not g.green:
+                self._advance_model(gi, now)
+                g.green, g.green_since, g.red_since = True, now, None
+                g.latched = False
+                g.call_since = None
+                g.presses = 0
+            elif not green and g.green:
+                self._advance_model(gi, now)
+                g.green, g.green_since, g.red_since = False, None, now
+
+    def update_loop(
+        self,
+        channel: int,
+        count_raw: int,
+        occupied_raw: int | None,
+        presence: bool,
+        now: float,
+        *,
+        occupied_s: float | None = None,
+    ) -> None:
+        """One read of a cabinet channel.
+
+        ``count_raw`` is the 16-bit wrapping actuation counter, ``occupied_raw`` the 16-bit
+        wrapping occupancy in 0.1 s (or pass the cumulative ``occupied_s`` instead).
+        """
+        self._started(now)
+        self._t = max(self._t, now)
+        det = self._by_channel.get(channel)
+        if det is None:
+            self._unknown_channels += 1
+            return
+        dt = None if det.last_read is None else max(0.0, now - det.last_read)
+        det.last_read = now
+        # -- counts
+        counted = 0
+        if not _is_u16(count_raw):
+            self._bad(det, now, garbage=True)
+        elif det.raw_count is None:
+            det.raw_count = int(count_raw)
+        else:
+            step = (int(count_raw) - det.raw_count) % _WRAP
+            det.raw_count = int(count_raw)
+            if step:
+                if step >= _HALF or step > self._max_counts(det, dt or 0.0):
+                    self._bad(det, now, garbage=step >= _HALF)
+                else:
+                    counted = step
+        # -- occupancy
+        if occupied_s is not None:
+            if not _is_num(occupied_s) or occupied_s < 0:
+                self._bad(det, now, garbage=True)
+            else:
+                if det.occ_s is not None and dt is not None:
+                    grow = occupied_s - det.occ_s
+                    if grow < -1e-6 or grow > dt * 1.1 + 0.2:
+                        self._bad(det, now, garbage=True)
+                    else:
+                        det.occupied_s += max(0.0, grow)
+                det.occ_s = float(occupied_s)
+        elif occupied_raw is not None:
+            if not _is_u16(occupied_raw):
+                self._bad(det, now, garbage=True)
+            else:
+                if det.raw_occ is not None and dt is not None:
+                    grow = ((int(occupied_raw) - det.raw_occ) % _WRAP) / 10.0
+                    if grow > dt * 1.1 + 0.2:
+                        self._bad(det, now, garbage=True)
+                    else:
+                        det.occupied_s += grow
+                det.raw_occ = int(occupied_raw)
+        on = bool(presence) if isinstance(presence, (bool, int)) else False
+        self._presence(det, on, now)
+        if counted:
+            det.count += counted
+            det.last_on = now
+            det.last_activity = now
+            self._counted(det, counted, now, dt)
+        self._diagnose(det, now)
+
+    def update_camera(
+        self, group_or_detector: str, count: int, queue: int, interval_s: float, now: float
+    ) -> None:
+        """One camera message: vehicles that crossed the stop line in the interval, queue now."""
+        self._started(now)
+        self._t = max(self._t, now)
+        det = self._dets.get(group_or_detector)
+        if det is None and group_or_detector in self.x.index:
+            det = self._dets.get(f"camera:{group_or_detector}")
+            if det is None:
+                gi = self.x.index[group_or_detector]
+                det = _Detector(
+                    f"camera:{group_or_detector}",
+                    DetectorKind.CAMERA,
+                    gi,
+                    self.x.groups[gi].lanes,
+                    0.0,
+                )
+                self._dets[det.id] = det
+                self._by_group[gi].append(det)
+        if det is None or det.kind is not DetectorKind.CAMERA:
+            self._unknown_cameras += 1
+            return
+        if not (_is_num(count) and _is_num(queue) and _is_num(interval_s)) or (
+            count < 0 or queue < 0 or interval_s <= 0
+        ):
+            self._bad(det, now, garbage=True)
+            self._diagnose(det, now)
+            return
+        count, queue = int(count), int(queue)
+        limit = det.lanes * self.settings.saturation_vph_per_lane / 3600.0 * interval_s * 1.5
+        if count > limit + self.settings.count_slack:
+            self._bad(det, now, garbage=False)
+            self._diagnose(det, now)
+            return
+        g = self._groups[det.gidx]
+        prev_q = det.cam_queue if det.cam_t is not None else queue
+        det.cam_t, det.cam_interval = now, float(interval_s)
+        det.cam_queue = queue
+        det.count += count
+        det.last_read = now
+        if count or queue:
+            det.last_activity = now
+            det.last_on = now
+        gi = det.gidx
+        has_loop_counts = any(
+            d.kind is DetectorKind.UPSTREAM and not d.failed for d in self._by_group[gi]
+        )
+        if not has_loop_counts:
+            self._rate(g, max(0, count + queue - prev_q), now, interval_s)
+        # The camera sees the queue: re-base the estimate on it.
+        g.queue = float(sum(d.cam_queue for d in self._cameras(gi, now)))
+        g.model_t = now
+        self._diagnose(det, now)
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def view(self, now: float, signals: Sequence[int] | None = None) -> TrafficView:
+        """What the strategies see at ``now`` (pass ``signals`` to update them first)."""
+        if signals is not None:
+            self.update_signals(signals, now)
+        self._started(now)
+        self._t = max(self._t, now)
+        for det in self._dets.values():
+            self._diagnose(det, now)
+        views = []
+        for gi, gcfg in enumerate(self.x.groups):
+            views.append(self._group_view(gi, gcfg.id, now))
+        return TrafficView(now, tuple(views), self.x.index)
+
+    def alarms(self) -> list[DetectorAlarm]:
+        """Detectors that are FAILED now."""
+        return [
+            DetectorAlarm(d.id, d.fault, d.fault_since, d.fault_detail)
+            for d in self._dets.values()
+            if d.fault is not None
+        ]
+
+    def take_events(self) -> list[DetectorEvent]:
+        """Alarms raised and cleared since the previous call (for logs and telemetry)."""
+        out, self._events = self._events, []
+        return out
+
+    def failed(self, detector: str) -> bool:
+        """Whether a detector is FAILED."""
+        return self._dets[detector].failed
+
+    def counts(self) -> dict[str, int]:
+        """Unwrapped counts per detector since the bank started."""
+        return {d.id: d.count for d in self._dets.values()}
+
+    def diagnostics(self) -> dict[str, dict[str, object]]:
+        """Per detector: status, count, occupancy, garbage and erratic readings."""
+        return {
+            d.id: {
+                "status": "failed" if d.failed else "ok",
+                "fault": d.fault,
+                "count": d.count,
+                "occupied_s": round(d.occupied_s, 1),
+                "garbage": d.garbage,
+                "erratic": d.erratic_total,
+            }
+            for d in self._dets.values()
+        }
+
+    @property
+    def unknown_inputs(self) -> int:
+        """Reads for channels or cameras that no detector is configured on."""
+        return self._unknown_channels + self._unknown_cameras
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _started(self, now: float) -> None:
+        if self._start is None:
+            self._start = now
+
+    def _max_counts(self, det: _Detector, dt: float) -> float:
+        s = self.settings
+        if det.kind is DetectorKind.PUSHBUTTON:
+            return s.max_press_rate_per_s * dt + s.count_slack
+        return det.lanes * s.saturation_vph_per_lane / 3600.0 * dt * 1.5 + s.count_slack
+
+    def _bad(self, det: _Detector, now: float, *, garbage: bool) -> None:
+        if garbage:
+            det.garbage += 1
+        det.erratic_total += 1
+        det.erratic.append(now)
+
+    def _presence(self, det: _Detector, on: bool, now: float) -> None:
+        g = self._groups[det.gidx]
+        if on:
+            det.last_on = now
+            det.last_activity = now
+            if not det.presence:
+                det.presence_since = now
+                det.edges.append(now)
+                if det.kind is DetectorKind.PUSHBUTTON and not g.green:
+                    self._press(g, now)
+        else:
+            det.presence_since = None
+        det.presence = on
+        if det.kind is DetectorKind.STOPLINE and not det.failed and on:
+            g.stop_clear_since = None
+            if not g.green and g.call_since is None:
+                g.call_since = now
+            if not g.green:
+                g.latched = True
+
+    def _press(self, g: _GroupState, now: float) -> None:
+        if g.call_since is None:
+            g.call_since = now
+        g.latched = True
+
+    def _counted(self, det: _Detector, n: int, now: float, dt: float | None) -> None:
+        g = self._groups[det.gidx]
+        if det.failed:
+            return
+        gi = det.gidx
+        if det.kind is DetectorKind.PUSHBUTTON:
+            if not g.green:
+                g.presses += n
+                self._press(g, now)
+            self._rate(g, n, now, dt)
+        elif det.kind is DetectorKind.UPSTREAM:
+            # Counted somewhere in the last read interval: take its middle.
+            t_pass = now - (dt or 0.0) / 2
+            eta = t_pass + det.distance_m / (g.speed * 0.9)
+            for _ in range(n):
+                g.transit.append(max(eta, g.last_eta))
+            g.last_eta = max(eta, g.last_eta)
+            self._rate(g, n, now, dt)
+        elif det.kind is DetectorKind.STOPLINE:
+            self._advance_model(gi, now)
+            g.queue = max(0.0, g.queue - n)
+            if not any(
+                d.kind is DetectorKind.UPSTREAM and not d.failed for d in self._by_group[gi]
+            ) and not self._cameras(gi, now):
+                self._rate(g, n, now, dt)
+
+    def _rate(self, g: _GroupState, n: float, now: float, dt: float | None) -> None:
+        """Exponentially weighted arrivals: weighted count over weighted observed time."""
+        tau = self.settings.arrival_tau_s
+        if g.rate_t is None:
+            g.rate_t = now - (dt or 0.0)
+        span = max(0.0, now - g.rate_t)
+        decay = math.exp(-span / tau)
+        g.w_count = g.w_count * decay + n
+        g.w_time = g.w_time * decay + span
+        g.rate_t = now
+
+    def _arrivals_vph(self, g: _GroupState, now: float) -> float:
+        if g.rate_t is None:
+            return 0.0
+        span = max(0.0, now - g.rate_t)
+        decay = math.exp(-span / self.settings.arrival_tau_s)
+        w_time = g.w_time * decay + span
+        if w_time < 1.0:
+            return 0.0
+        return g.w_count * decay / w_time * 3600.0
+
+    def _cameras(self, gi: int, now: float) -> list[_Detector]:
+        """The group's camera zones with a fresh message."""
+        f = self.settings.camera_fresh_factor
+        return [
+            d
+            for d in self._by_group[gi]
+            if d.kind is DetectorKind.CAMERA
+            and d.cam_t is not None
+            and not d.failed
+            and now - d.cam_t <= f * d.cam_interval + 1e-9
+        ]
+
+    def _measured(self, gi: int, now: float) -> tuple[bool, bool]:
+        """Whether a vehicle group's arrivals and departures are measured (or only modelled)."""
+        dets = self._by_group[gi]
+        cams = bool(self._cameras(gi, now))
+        arr = cams or any(d.kind is DetectorKind.UPSTREAM and not d.failed for d in dets)
+        dep = cams or any(d.kind is DetectorKind.STOPLINE and not d.failed for d in dets)
+        return arr, dep
+
+    def _advance_model(self, gi: int, now: float) -> None:
+        """Model what is not measured: arrivals from the rate, departures at saturation flow."""
+        g = self._groups[gi]
+        last, g.model_t = g.model_t, now
+        if g.kind is not GroupKind.VEHICLE or last is None or now <= last:
+            return
+        arr, dep = self._measured(gi, now)
+        dt = now - last
+        if not arr:
+            g.queue += self._arrivals_vph(g, now) / 3600.0 * dt
+        if not dep and g.green and g.green_since is not None:
+            run = min(dt, max(0.0, now - g.green_since - _LOST_S))
+            mu = g.lanes * self.settings.saturation_vph_per_lane / 3600.0
+            g.queue = max(0.0, g.queue - mu * run)
+
+    def _diagnose(self, det: _Detector, now: float) -> None:
+        s = self.settings
+        while det.erratic and det.erratic[0] < now - s.erratic_window_s:
+            det.erratic.popleft()
+        while det.edges and det.edges[0] < now - s.chatter_window_s:
+            det.edges.popleft()
+        problem: tuple[FaultKind, str] | None = None
+        started = self._start if self._start is not None else now
+        if len(det.erratic) >= s.erratic_events:
+            problem = (
+                "erratic",
+                f"{s.erratic_events} or more impossible or garbage readings within "
+                f"{s.erratic_window_s:g} s",
+            )
+        elif det.kind is not DetectorKind.PUSHBUTTON and len(det.edges) > max(
+            1, det.lanes * s.chatter_edges_per_lane
+        ):
+            problem = (
+                "chattering",
+                f"more than {det.lanes * s.chatter_edges_per_lane} presence edges "
+                f"within {s.chatter_window_s:g} s",
+            )
+        elif det.presence_since is not None and now - det.presence_since >= s.stuck_on_s:
+            problem = ("stuck", f"presence on for more than {s.stuck_on_s:g} s")
+        elif det.kind is DetectorKind.CAMERA and now - (
+            det.cam_t if det.cam_t is not None else started
+        ) >= max(s.stale_camera_s, 3 * det.cam_interval):
+            problem = ("stale", f"no camera message for {s.stale_camera_s:g} s")
+        else:
+            quiet = {
+                DetectorKind.PUSHBUTTON: s.silent_pushbutton_s,
+                DetectorKind.CAMERA: s.silent_camera_s,
+            }.get(det.kind, s.silent_loop_s)
+            last = det.last_activity if det.last_activity is not None else started
+            if now - last >= quiet:
+                problem = ("silent", f"no actuation for {quiet:g} s")
+        if problem is not None:
+            det.sane_since = None
+            if det.fault is None:
+                det.fault, det.fault_detail = problem
+                det.fault_since = now
+                self._events.append(
+                    DetectorEvent(
+                        now, DetectorAlarm(det.id, det.fault, now, det.fault_detail), True
+                    )
+                )
+                self._fault_changed(det, now)
+            return
+        if det.fault is None:
+            return
+        if det.sane_since is None:
+            det.sane_since = now
+        elif now - det.sane_since >= s.recover_after_s:
+            alarm = DetectorAlarm(det.id, det.fault, det.fault_since, det.fault_detail)
+            det.fault = None
+            det.fault_detail = ""
+            det.sane_since = None
+            det.erratic.clear()
+            self._events.append(DetectorEvent(now, alarm, False))
+            self._fault_changed(det, now)
+
+    def _fault_changed(self, det: _Detector, now: float) -> None:
+        """A detector failed or recovered: its group's queue switches estimator."""
+        g = self._groups[det.gidx]
+        g.model_t = now
+        if not det.failed and det.kind in (DetectorKind.STOPLINE, DetectorKind.UPSTREAM):
+            g.transit.clear()
+
+    def _group_view(self, gi: int, gid: str, now: float) -> GroupView:
+        g = self._groups[gi]
+        s = self.settings
+        dets = self._by_group[gi]
+        failed = any(d.failed for d in dets)
+        recall = gi in self._recall
+        if g.kind is GroupKind.PEDESTRIAN:
+            buttons_failed = any(d.failed for d in dets if d.kind is DetectorKind.PUSHBUTTON)
+            constant = recall or buttons_failed
+            call = constant or g.latched
+            since = g.call_since
+            if call and not g.green and since is None:
+                since = g.red_since if g.red_since is not None else now
+                g.call_since = since
+            return GroupView(
+                gid,
+                g.kind,
+                call and not g.green,
+                None if g.green else since,
+                math.inf,
+                self._arrivals_vph(g, now),
+                float(g.presses),
+                (),
+                any(d.presence for d in dets),
+                failed,
+            )
+        # vehicles: move arrivals that reached the stop line into the queue
+        self._advance_model(gi, now)
+        while g.transit and g.transit[0] <= now:
+            g.transit.popleft()
+            g.queue += 1.0
+        loops = [d for d in dets if d.kind in (DetectorKind.STOPLINE, DetectorKind.UPSTREAM)]
+        healthy = [d for d in loops if not d.failed]
+        stops = [d for d in healthy if d.kind is DetectorKind.STOPLINE]
+        ups = [d for d in healthy if d.kind is DetectorKind.UPSTREAM]
+        presence = any(d.presence for d in stops)
+        # stop-line evidence corrects the estimate
+        if stops:
+            if presence:
+                g.stop_clear_since = None
+            elif g.stop_clear_since is None:
+                g.stop_clear_since = now
+            clear_for = 0.0 if g.stop_clear_since is None else now - g.stop_clear_since
+            if g.green and g.green_since is not None:
+                started = now - g.green_since >= _LOST_S + 2.0
+                if started and clear_for >= s.queue_gap_reset_s:
+                    g.queue = 0.0
+            elif (
+                clear_for >= s.phantom_reset_s
+                and g.queue > 0
+                and now - g.last_eta >= s.phantom_reset_s
+            ):
+                g.queue = 0.0
+            if not g.green and presence:
+                g.queue = max(g.queue, 1.0)
+        if ups and not g.green:
+            up_on = [d.presence_since for d in ups if d.presence_since is not None]
+            if up_on and now - min(up_on) >= s.spillback_s:
+                reach = max(d.distance_m for d in ups)
+                g.queue = max(g.queue, g.lanes * reach / _VEHICLE_SPACING_M)
+        cams = self._cameras(gi, now)
+        cam_queue = sum(d.cam_queue for d in cams)
+        # the call
+        constant = recall or failed
+        waiting = presence or g.queue >= 0.5 or cam_queue > 0
+        if not g.green and waiting:
+            g.latched = True
+        call = constant or waiting or (g.latched and not g.green)
+        since = g.call_since
+        if call and not g.green and since is None:
+            since = now if not constant else (g.red_since if g.red_since is not None else now)
+            g.call_since = since
+        if g.green:
+            since = None
+        # the gap
+        if constant and not healthy:
+            gap = 0.0
+        elif failed and any(d.failed for d in loops):
+            gap = 0.0  # fail-safe: a group with a broken loop extends to max green
+        elif healthy:
+            gap = max(0.0, now - max(d.last_on for d in healthy))
+        elif cams:
+            gap = 0.0 if cam_queue else max(0.0, now - max(d.last_on for d in cams))
+        else:
+            gap = math.inf
+        approaching = tuple(t - now for t in g.transit)
+        return GroupView(
+            gid,
+            g.kind,
+            call,
+            since,
+            gap,
+            self._arrivals_vph(g, now),
+            g.queue,
+            approaching,
+            presence,
+            failed,
+        )
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_u16(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _WRAP

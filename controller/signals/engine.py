@@ -1,0 +1,442 @@
+"""The phase engine: the only code that decides what every signal group shows.
+
+A strategy *asks* (:class:`Request`: which stage next, end the current one now); the engine
+decides what is legal and when. It is a pure state machine with an injected clock: every call
+takes ``now`` (seconds, any origin, never decreasing) and nothing here sleeps or does I/O.
+
+The rules, in the order they bite:
+
+* **Startup** — all groups RED for ``max(startup_red_s, largest all-red)``, then the start
+  stage goes green. The same happens after :meth:`PhaseEngine.leave_flash`.
+* **Green** — the current stage's vehicle groups are GREEN. The stage ends when the strategy
+  asks (``end_green`` with a ``next_stage``) or, when somebody else is waiting, at the stage's
+  max green (the least ``max_green_s`` of its vehicle groups: a *max-out*). Either way it ends
+  only once every vehicle group that must turn off has had its minimum green and every
+  pedestrian crossing that must turn off has finished its walk and its clearance.
+* **Pedestrians** — a crossing of a stage shows its walk (GREEN) only when it is *served*:
+  the request's ``peds`` names the crossings to serve (``None``: all of the stage's, a
+  pedestrian recall). The walk lasts exactly the group's walk time (its minimum green); then
+  the crossing shows PED_CLEARANCE for its clearance time and RED for the rest of the stage,
+  while the vehicles keep their green — as a NEMA controller times a pedestrian phase inside
+  its vehicle phase. So a long crossing clearance never stretches the intergreen to the next
+  stage; it holds the stage instead. A crossing called after its stage started can still be
+  served while the stage runs (once per stage), if the request names it.
+* **Clearance** — vehicle groups in both stages stay GREEN (overlap); vehicle groups leaving
+  show YELLOW for exactly their clearance, then RED. A group of the next stage turns GREEN only
+  when it shows RED, no conflicting group is open and, for every conflicting group *i*,
+  ``now - end_of_green(i) >= intergreen[i][j]`` and ``now - turned_red(i) >= all_red(i, j)``
+  (the all-red also counts from the moment *i* really showed red: at steps of ``dt`` a
+  clearance can run up to one step long, and that must not shorten the all-red a cabinet's
+  monitor measures). Non-conflicting new groups
+  start at once. When every vehicle group and every served crossing of the next stage has
+  turned green the engine is back in *green* with the new stage. A clearance is never
+  shortened; requests made meanwhile are remembered.
+* **Flash** — :meth:`PhaseEngine.enter_flash` turns vehicles to FLASH_YELLOW and pedestrians
+  DARK at once (flash is the safe state); :meth:`PhaseEngine.leave_flash` goes back through the
+  startup all-red.
+
+Requests are *level-triggered*: the latest valid request stands until the next one (a strategy
+states what it wants at every step). A request naming an unknown stage or an unknown crossing
+is refused and counted, and the previous request keeps standing. A request for the current
+stage is a hold.
+
+Time comparisons use a tolerance of ``1e-9`` s so that float noise of summed steps
+(``0.1 + 0.2 != 0.3``) does not add a whole extra step; nothing is ever rounded, and the
+tolerance is three orders of magnitude inside the ``1e-6`` s that the independent
+:mod:`controller.signals.safety` monitor allows. The engine works at any step size; at steps of
+``dt`` every timed interval lasts at least its nominal time and less than that plus ``dt``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from controller.signals.model import (
+    ALL_RED_FLOOR_S,
+    GroupKind,
+    Intersection,
+    Signal,
+)
+
+__all__ = ["TIME_EPS", "EngineOutput", "EngineStats", "Phase", "PhaseEngine", "Request"]
+
+TIME_EPS = 1e-9
+"""Float-noise tolerance for "has this much time passed" (see the module docstring)."""
+
+Phase = Literal["startup", "green", "clearance", "flash"]
+
+
+def _reached(elapsed: float, need: float) -> bool:
+    """``elapsed >= need`` up to float noise of the summed clock."""
+    return elapsed + TIME_EPS >= need
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a strategy asks at one step; the engine decides what is legal."""
+
+    next_stage: str | None = None
+    """Stage to serve next (None: nobody else is waiting)."""
+    end_green: bool = False
+    """End the current stage as soon as legal and go to ``next_stage``."""
+    peds: frozenset[str] | None = None
+    """Pedestrian crossings to serve (walk) in the stage being entered, and late in the running
+    stage; None serves every crossing of a stage when it is entered (pedestrian recall)."""
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """What the engine shows at ``t``."""
+
+    t: float
+    signals: tuple[Signal, ...]
+    """One per group, in config order."""
+    phase: Phase
+    stage: str | None
+    """Stage whose greens are shown (green) or being entered (clearance); None otherwise."""
+    next_stage: str | None
+    """The standing request's stage (startup: the start stage), if it differs from ``stage``."""
+    green_elapsed: float
+    """Seconds since the current stage's green started (0 outside green)."""
+    green_since: tuple[float | None, ...]
+    """Per group: when its current green started, else None."""
+    release_at: tuple[float, ...] = ()
+    """Per group: the earliest time it stops holding its stage — a vehicle green its minimum
+    green, a walking or clearing crossing the end of its clearance; ``-inf`` when it holds
+    nothing. A strategy reads how soon the running stage can end from it."""
+
+
+@dataclass
+class EngineStats:
+    """Counters since the engine was built."""
+
+    stage_changes: int = 0
+    """Times a new stage reached green (startup greens are not counted)."""
+    max_outs: int = 0
+    """Stages ended by their max green rather than by an ``end_green`` request."""
+    refused_requests: int = 0
+    """Requests naming an unknown stage."""
+    flashes: int = 0
+    """Times the engine entered flash."""
+
+
+class PhaseEngine:
+    """Stage-based signal sequencing inside the safety envelope of one :class:`Intersection`."""
+
+    def __init__(
+        self,
+        x: Intersection,
+        *,
+        now: float,
+        start_stage: str | None = None,
+        startup_red_s: float = 3.0,
+    ) -> None:
+        if not x.stages:
+            raise ValueError(f"intersection {x.id!r} has no stages")
+        if start_stage is None:
+            start_stage = x.stages[0][0]
+        stage_groups = dict(x.stages)
+        if start_stage not in stage_groups:
+            raise ValueError(f"start_stage: unknown stage {start_stage!r}")
+        if not (startup_red_s >= 0 and math.isfinite(startup_red_s)):
+            raise ValueError(f"startup_red_s: {startup_red_s!r} must be a finite number >= 0")
+        n = x.n
+        self._x = x
+        self._n = n
+        self._stage_groups = stage_groups
+        self._is_ped = tuple(g.kind is GroupKind.PEDESTRIAN for g in x.groups)
+        self._peds_of = {
+            sid: frozenset(i for i in members if self._is_ped[i]) for sid, members in x.stages
+        }
+        self._vehicles_of = {sid: members - self._peds_of[sid] for sid, members in x.stages}
+        # Max-out: the least max green of the stage's vehicle groups (a crossing's walk is
+        # fixed, its max_green_s does not limit the stage); a stage of crossings only maxes out
+        # when its walks are done.
+        self._stage_max = {
+            sid: min(
+                (x.groups[i].max_green_s for i in self._vehicles_of[sid]),
+                default=0.0,
+            )
+            for sid, _ in x.stages
+        }
+        self._min_green = tuple(g.min_green_total_s for g in x.groups)
+        self._conflicts_of = tuple(tuple(i for i in range(n) if x.conflict[i][j]) for j in range(n))
+        all_reds = [x.all_red(i, j) for i in range(n) for j in range(n) if x.conflict[i][j]]
+        self._max_all_red = max([ALL_RED_FLOOR_S, *all_reds])
+        self._startup_s = max(startup_red_s, self._max_all_red)
+        self._start_stage = start_stage
+        self._ped_index = {x.groups[i].id: i for i in range(n) if self._is_ped[i]}
+        self._signals = [Signal.RED] * n
+        self._green_since: list[float | None] = [None] * n
+        self._green_end = [-math.inf] * n
+        # When each group's clearance ended (it turned RED): the all-red runs from there, not
+        # only from the intergreen's start — a clearance that ran one step long must not eat
+        # into the all-red the cabinet's monitor measures.
+        self._red_since = [-math.inf] * n
+        self._all_red = tuple(
+            tuple(x.all_red(i, j) if x.conflict[i][j] else 0.0 for j in range(n)) for i in range(n)
+        )
+        self._phase: Phase = "startup"
+        self._stage: str | None = None
+        self._stage_green_t: float | None = None
+        self._walk: frozenset[int] = frozenset()  # crossings to serve in the stage entered
+        self._served: set[int] = set()  # crossings that had their walk in this stage
+        self._startup_t0 = now
+        self._standing = Request()
+        self._flash_reason = ""
+        self._stats = EngineStats()
+        self._now = now
+        self._out = self._build(now)
+
+    # -- public surface ---------------------------------------------------------------------
+
+    @property
+    def intersection(self) -> Intersection:
+        """The intersection this engine drives."""
+        return self._x
+
+    @property
+    def output(self) -> EngineOutput:
+        """The latest output (also after :meth:`enter_flash` / :meth:`leave_flash`)."""
+        return self._out
+
+    @property
+    def stats(self) -> EngineStats:
+        """A copy of the counters."""
+        return replace(self._stats)
+
+    @property
+    def startup_s(self) -> float:
+        """How long the startup all-red lasts: ``max(startup_red_s, largest all-red)``."""
+        return self._startup_s
+
+    @property
+    def flash_reason(self) -> str:
+        """Why the engine is in flash ("" when it is not)."""
+        return self._flash_reason if self._phase == "flash" else ""
+
+    @property
+    def served_peds(self) -> frozenset[str]:
+        """Crossings that have had (or have) their walk in the current stage."""
+        return frozenset(self._x.groups[i].id for i in self._served)
+
+    def step(self, now: float, request: Request) -> EngineOutput:
+        """Advance to ``now`` with the strategy's ``request``; returns what to show."""
+        self._advance_clock(now)
+        self._accept(request)
+        if self._phase == "startup":
+            if _reached(now - self._startup_t0, self._startup_s):
+                self._green_start_stage(now)
+        elif self._phase != "flash":
+            self._end_walks(now)
+            if self._phase == "green":
+                self._late_walks(now)
+                self._maybe_end_stage(now)
+            if self._phase == "clearance":
+                self._serve_next_stage(now)
+            # After the new greens: a group that ends its clearance now shows RED for at
+            # least one output before it may show GREEN again.
+            self._finish_clearances(now)
+        self._out = self._build(now)
+        return self._out
+
+    def enter_flash(self, now: float, reason: str) -> None:
+        """Vehicles FLASH_YELLOW, pedestrians DARK, at once, until :meth:`leave_flash`."""
+        self._advance_clock(now)
+        if self._phase != "flash":
+            self._stats.flashes += 1
+        self._flash_reason = reason or "flash"
+        self._phase = "flash"
+        self._signals = [Signal.DARK if p else Signal.FLASH_YELLOW for p in self._is_ped]
+        self._green_since = [None] * self._n
+        self._stage = None
+        self._stage_green_t = None
+        self._served = set()
+        self._out = self._build(now)
+
+    def leave_flash(self, now: float) -> None:
+        """All RED for :attr:`startup_s`, then the start stage. No-op outside flash."""
+        self._advance_clock(now)
+        if self._phase != "flash":
+            return
+        self._phase = "startup"
+        self._startup_t0 = now
+        self._signals = [Signal.RED] * self._n
+        self._green_end = [-math.inf] * self._n
+        self._red_since = [-math.inf] * self._n
+        self._flash_reason = ""
+        self._out = self._build(now)
+
+    # -- the state machine ------------------------------------------------------------------
+
+    def _advance_clock(self, now: float) -> None:
+        if not math.isfinite(now):
+            raise ValueError(f"now: {now!r} is not a finite time")
+        if now < self._now:
+            raise ValueError(f"now: {now!r} is before the previous step {self._now!r}")
+        self._now = now
+
+    def _accept(self, request: Request) -> None:
+        nxt = request.next_stage
+        if nxt is not None and nxt not in self._stage_groups:
+            self._stats.refused_requests += 1
+            return
+        if request.peds is not None and any(p not in self._ped_index for p in request.peds):
+            self._stats.refused_requests += 1
+            return
+        self._standing = request
+
+    def _walks_for(self, stage: str) -> frozenset[int]:
+        """The crossings of ``stage`` that the standing request wants served."""
+        peds = self._peds_of[stage]
+        wanted = self._standing.peds
+        if wanted is None:
+            return peds
+        return frozenset(i for i in peds if self._x.groups[i].id in wanted)
+
+    def _green_start_stage(self, now: float) -> None:
+        stage = self._start_stage
+        self._walk = self._walks_for(stage)
+        self._served = set(self._walk)
+        for i in self._vehicles_of[stage] | self._walk:
+            self._signals[i] = Signal.GREEN
+            self._green_since[i] = now
+        self._phase = "green"
+        self._stage = stage
+        self._stage_green_t = now
+
+    def _end_walks(self, now: float) -> None:
+        """A walk lasts exactly the crossing's walk time; then its clearance starts."""
+        sig = self._signals
+        for i in range(self._n):
+            if self._is_ped[i] and sig[i] is Signal.GREEN:
+                since = self._green_since[i]
+                assert since is not None
+                if _reached(now - since, self._min_green[i]):
+                    sig[i] = Signal.PED_CLEARANCE
+                    self._green_end[i] = now
+                    self._green_since[i] = None
+
+    def _late_walks(self, now: float) -> None:
+        """Serve a crossing of the running stage that is named after the stage started."""
+        wanted = self._standing.peds
+        stage = self._stage
+        if wanted is None or stage is None:
+            return
+        for i in self._peds_of[stage]:
+            if i in self._served or self._x.groups[i].id not in wanted:
+                continue
+            if self._may_open(i, now):
+                self._signals[i] = Signal.GREEN
+                self._green_since[i] = now
+                self._served.add(i)
+
+    def _may_open(self, j: int, now: float) -> bool:
+        return self._signals[j] is Signal.RED and all(
+            not self._signals[i].is_open
+            and _reached(now - self._green_end[i], self._x.intergreen[i][j])
+            and _reached(now - self._red_since[i], self._all_red[i][j])
+            for i in self._conflicts_of[j]
+        )
+
+    def _maybe_end_stage(self, now: float) -> None:
+        stage, target = self._stage, self._standing.next_stage
+        if stage is None or target is None or target == stage:
+            return
+        assert self._stage_green_t is not None
+        maxed = _reached(now - self._stage_green_t, self._stage_max[stage])
+        if not (self._standing.end_green or maxed):
+            return
+        keep_vehicles = self._vehicles_of[target]
+        leaving = [i for i in self._vehicles_of[stage] if i not in keep_vehicles]
+        for i in leaving:
+            since = self._green_since[i]
+            assert since is not None
+            if not _reached(now - since, self._min_green[i]):
+                return
+        walk_next = self._walks_for(target)
+        for i in self._peds_of[stage]:
+            # A crossing ends its stage only once its walk and clearance are done, unless it
+            # walks on in the next stage.
+            if self._signals[i] is Signal.GREEN and i in walk_next:
+                continue
+            if self._signals[i].is_open:
+                return
+        if not self._standing.end_green:
+            self._stats.max_outs += 1
+        for i in leaving:
+            self._signals[i] = Signal.YELLOW
+            self._green_end[i] = now
+            self._green_since[i] = None
+        self._walk = walk_next
+        self._served = {i for i in walk_next if self._signals[i] is Signal.GREEN}
+        self._phase = "clearance"
+        self._stage = target
+        self._stage_green_t = None
+
+    def _serve_next_stage(self, now: float) -> None:
+        assert self._stage is not None
+        sig = self._signals
+        all_green = True
+        for j in self._vehicles_of[self._stage] | self._walk:
+            if sig[j] is Signal.GREEN or (self._is_ped[j] and j in self._served):
+                continue
+            if self._may_open(j, now):
+                sig[j] = Signal.GREEN
+                self._green_since[j] = now
+                if self._is_ped[j]:
+                    self._served.add(j)
+            else:
+                all_green = False
+        if all_green:
+            self._phase = "green"
+            self._stage_green_t = now
+            self._stats.stage_changes += 1
+
+    def _finish_clearances(self, now: float) -> None:
+        sig = self._signals
+        for i in range(self._n):
+            if (sig[i] is Signal.YELLOW or sig[i] is Signal.PED_CLEARANCE) and _reached(
+                now - self._green_end[i], self._x.clearance[i]
+            ):
+                sig[i] = Signal.RED
+                self._red_since[i] = now
+
+    def _build(self, now: float) -> EngineOutput:
+        phase, stage = self._phase, self._stage
+        if phase == "startup":
+            nxt: str | None = self._start_stage
+        else:
+            nxt = self._standing.next_stage
+            if nxt == stage or phase == "flash":
+                nxt = None
+        elapsed = 0.0
+        if phase == "green" and self._stage_green_t is not None:
+            elapsed = now - self._stage_green_t
+        return EngineOutput(
+            t=now,
+            signals=tuple(self._signals),
+            phase=phase,
+            stage=stage if phase in ("green", "clearance") else None,
+            next_stage=nxt,
+            green_elapsed=elapsed,
+            green_since=tuple(self._green_since),
+            release_at=self._release_at(),
+        )
+
+    def _release_at(self) -> tuple[float, ...]:
+        out: list[float] = []
+        for i, s in enumerate(self._signals):
+            since = self._green_since[i]
+            if s is Signal.GREEN and since is not None:
+                hold = since + self._min_green[i]
+                if self._is_ped[i]:
+                    hold += self._x.clearance[i]
+                out.append(hold)
+            elif s is Signal.PED_CLEARANCE:
+                out.append(self._green_end[i] + self._x.clearance[i])
+            else:
+                out.append(-math.inf)
+        return tuple(out)

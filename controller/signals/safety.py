@@ -1,0 +1,363 @@
+"""The safety monitor: an independent check of every output before it leaves the controller.
+
+It shares no logic with :mod:`controller.signals.engine`: it knows only the
+:class:`~controller.signals.model.Intersection` (conflict matrix, clearances, intergreens,
+minimum greens) and the sequence of outputs it is shown, and it keeps its own history per
+group (when it last turned GREEN, when its clearance started, when it turned RED, when its
+green ended). Each output is checked against the previous one:
+
+==================== =====================================================================
+``conflict``         two conflicting groups are open (GREEN, YELLOW, PED_CLEARANCE,
+                     RED_AMBER) in the same output
+``short_clearance``  a YELLOW / PED_CLEARANCE ended before the group's clearance (−1e-6 s)
+``skipped_clearance`` GREEN went straight to RED or DARK
+``short_intergreen`` a group opened before ``end_of_green(i) + intergreen[i][j]`` of a
+                     conflicting *i* (never below clearance + the all-red floor), or before
+                     the all-red after flash / start-up lasted the largest all-red
+``short_all_red``    a group opened less than ``all_red(i, j)`` (at least the 1 s floor)
+                     after a conflicting *i* ended its clearance and turned RED
+``short_min_green``  a GREEN ended before the group's minimum green (pedestrians: walk)
+``illegal_transition`` any other change a signal head must never make (RED → YELLOW,
+                     YELLOW → GREEN, FLASH_YELLOW → GREEN, an unknown code, ...)
+==================== =====================================================================
+
+Flash is the safe state: an output where every vehicle group shows FLASH_YELLOW or DARK,
+every pedestrian group DARK or RED and nothing is open may follow anything. Leaving it (and
+the monitor's own start, when the history is unknown) must go through an all-RED output that
+lasts at least the largest all-red before anything opens.
+
+Times are the ``now`` of each check; a change is taken to happen at the first output that
+shows it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from controller.signals.model import ALL_RED_FLOOR_S, GroupKind, Intersection, Signal
+
+__all__ = ["TOLERANCE_S", "VIOLATION_KINDS", "SafetyMonitor", "Violation", "ViolationKind"]
+
+TOLERANCE_S: Final = 1e-6
+"""A timed interval may be this much shorter than nominal (float noise of the clock)."""
+
+ViolationKind = Literal[
+    "conflict",
+    "short_clearance",
+    "skipped_clearance",
+    "short_intergreen",
+    "short_all_red",
+    "short_min_green",
+    "illegal_transition",
+]
+VIOLATION_KINDS: Final[tuple[ViolationKind, ...]] = (
+    "conflict",
+    "short_clearance",
+    "skipped_clearance",
+    "short_intergreen",
+    "short_all_red",
+    "short_min_green",
+    "illegal_transition",
+)
+
+_OPEN: Final = frozenset({Signal.GREEN, Signal.YELLOW, Signal.PED_CLEARANCE, Signal.RED_AMBER})
+_CLEARING: Final = frozenset({Signal.YELLOW, Signal.PED_CLEARANCE})
+_GREENISH: Final = frozenset({Signal.GREEN, Signal.RED_AMBER})
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule in one output."""
+
+    kind: ViolationKind
+    groups: tuple[str, ...]
+    detail: str
+
+
+class SafetyMonitor:
+    """Checks a sequence of outputs of one intersection; see the module docstring."""
+
+    def __init__(self, x: Intersection) -> None:
+        n = x.n
+        self._x = x
+        self._n = n
+        self._ids = tuple(g.id for g in x.groups)
+        self._is_ped = tuple(g.kind is GroupKind.PEDESTRIAN for g in x.groups)
+        self._min_green = tuple(g.min_green_total_s for g in x.groups)
+        self._clearance = tuple(x.clearance)
+        self._pairs = tuple(
+            (i, j)
+            for i in range(n)
+            for j in range(i + 1, n)
+            if x.conflict[i][j] or x.conflict[j][i]
+        )
+        # Required intergreen i → j: the model's, and never below clearance + all-red floor,
+        # whatever the matrix says (a second line of defence against a bad matrix).
+        self._need = tuple(
+            tuple(
+                max(x.intergreen[i][j], x.clearance[i] + ALL_RED_FLOOR_S)
+                if (x.conflict[i][j] or x.conflict[j][i])
+                else 0.0
+                for j in range(n)
+            )
+            for i in range(n)
+        )
+        self._conflicts_of = tuple(
+            tuple(i for i in range(n) if self._need[i][j] > 0.0) for j in range(n)
+        )
+        # All-red i → j counted from the moment i turned RED after its clearance.
+        self._need_red = tuple(
+            tuple(
+                max(self._need[i][j] - x.clearance[i], ALL_RED_FLOOR_S)
+                if self._need[i][j] > 0.0
+                else 0.0
+                for j in range(n)
+            )
+            for i in range(n)
+        )
+        self._clear_end = [-math.inf] * n
+        reds = [self._need[i][j] - x.clearance[i] for i, j in self._all_pairs()]
+        self.max_all_red: float = max([ALL_RED_FLOOR_S, *reds])
+        """All-red needed after flash or start-up before anything opens."""
+        self._prev: list[Signal | None] = [None] * n
+        self._green_on: list[float | None] = [None] * n
+        self._clear_on: list[float | None] = [None] * n
+        self._red_on: list[float | None] = [None] * n
+        self._green_end = [-math.inf] * n
+        self._recovering = True  # start-up: history unknown, treat like leaving flash
+        self._all_red_since: float | None = None
+        self._last_t = -math.inf
+        self.counts: dict[ViolationKind, int] = dict.fromkeys(VIOLATION_KINDS, 0)
+        """Violations seen so far, per kind."""
+        self.checks = 0
+        """Outputs checked so far."""
+
+    def _all_pairs(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self._n) for j in range(self._n) if self._need[i][j] > 0]
+
+    @property
+    def total(self) -> int:
+        """All violations seen so far."""
+        return sum(self.counts.values())
+
+    def last_change(self, group: str) -> dict[str, float | None]:
+        """When ``group`` last turned GREEN, started its clearance, turned RED."""
+        i = self._x.index[group]
+        return {"green": self._green_on[i], "clearance": self._clear_on[i], "red": self._red_on[i]}
+
+    def check(self, now: float, signals: Sequence[int]) -> list[Violation]:
+        """Check one output shown from ``now`` on; returns what it breaks (and counts it)."""
+        out: list[Violation] = []
+        ids = self._ids
+        if now < self._last_t:
+            out.append(
+                Violation(
+                    "illegal_transition", (), f"time went back from {self._last_t:g} to {now:g}"
+                )
+            )
+        self._last_t = max(self._last_t, now)
+        if len(signals) != self._n:
+            out.append(
+                Violation(
+                    "illegal_transition",
+                    (),
+                    f"{len(signals)} signals for {self._n} groups; output not checked",
+                )
+            )
+            return self._count(out)
+        cur: list[Signal | None] = []
+        for k, code in enumerate(signals):
+            try:
+                cur.append(Signal(int(code)))
+            except ValueError:
+                cur.append(None)
+                out.append(Violation("illegal_transition", (ids[k],), f"unknown code {code!r}"))
+
+        def is_open(s: Signal | None) -> bool:
+            return s is None or s in _OPEN  # an unknown code may be anything: assume open
+
+        # 1. conflicts in this very output
+        for i, j in self._pairs:
+            if is_open(cur[i]) and is_open(cur[j]):
+                out.append(
+                    Violation(
+                        "conflict",
+                        (ids[i], ids[j]),
+                        f"{ids[i]} {_name(cur[i])} and {ids[j]} {_name(cur[j])} conflict",
+                    )
+                )
+
+        # 2. flash (or dark): safe from anything; forget the history
+        if self._is_flash(cur):
+            self._enter_recovery(cur)
+            return self._count(out)
+        if any(s is None for s in cur):
+            self._enter_recovery(cur)
+            return self._count(out)
+
+        # 3. per-group transitions
+        opened: list[int] = []
+        for i in range(self._n):
+            p, c = self._prev[i], cur[i]
+            assert c is not None
+            if p == c:
+                continue
+            if p is None:  # first output seen, or after an unknown code
+                if c in _OPEN:
+                    opened.append(i)
+                    self._green_on[i] = now if c in _GREENISH else None
+                elif c is Signal.RED:
+                    self._red_on[i] = now
+                else:
+                    out.append(Violation("illegal_transition", (ids[i],), f"starts {c.name}"))
+                continue
+            out.extend(self._transition(i, p, c, now, opened))
+
+        # 4. opening: intergreens, and the all-red after flash / start-up
+        for j in opened:
+            for i in self._conflicts_of[j]:
+                gap = now - self._green_end[i]
+                if gap + TOLERANCE_S < self._need[i][j]:
+                    out.append(
+                        Violation(
+                            "short_intergreen",
+                            (ids[i], ids[j]),
+                            f"{ids[j]} opened {gap:.3f} s after the end of {ids[i]}'s green; "
+                            f"needs {self._need[i][j]:g} s",
+                        )
+                    )
+                red = now - self._clear_end[i]
+                if red + TOLERANCE_S < self._need_red[i][j]:
+                    out.append(
+                        Violation(
+                            "short_all_red",
+                            (ids[i], ids[j]),
+                            f"{ids[j]} opened {red:.3f} s after {ids[i]} turned red; "
+                            f"needs an all-red of {self._need_red[i][j]:g} s",
+                        )
+                    )
+        all_red = all(s is Signal.RED for s in cur)
+        if self._recovering:
+            if opened or any(s in _OPEN for s in cur):
+                since = self._all_red_since
+                lasted = -math.inf if since is None else now - since
+                if lasted + TOLERANCE_S < self.max_all_red:
+                    opening = tuple(ids[k] for k in range(self._n) if cur[k] in _OPEN)
+                    out.append(
+                        Violation(
+                            "short_intergreen",
+                            opening,
+                            f"opened after {max(lasted, 0.0):.3f} s of all-red following flash "
+                            f"or start-up; needs {self.max_all_red:g} s",
+                        )
+                    )
+                self._recovering = False
+            elif all_red:
+                if self._all_red_since is None:
+                    self._all_red_since = now
+            else:
+                self._all_red_since = None
+        self._prev = cur
+        return self._count(out)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _transition(
+        self, i: int, p: Signal, c: Signal, now: float, opened: list[int]
+    ) -> list[Violation]:
+        gid = self._ids[i]
+        out: list[Violation] = []
+        bad = f"{p.name} → {c.name}"
+        if p in _GREENISH and c not in _GREENISH:  # the green ends
+            self._green_end[i] = now
+            on = self._green_on[i]
+            if p is Signal.GREEN and on is not None and now - on + TOLERANCE_S < self._min_green[i]:
+                out.append(
+                    Violation(
+                        "short_min_green",
+                        (gid,),
+                        f"green lasted {now - on:.3f} s; minimum {self._min_green[i]:g} s",
+                    )
+                )
+            self._green_on[i] = None
+        if c in _CLEARING:
+            self._clear_on[i] = now
+            want = Signal.PED_CLEARANCE if self._is_ped[i] else Signal.YELLOW
+            if p is not Signal.GREEN or c is not want:
+                out.append(Violation("illegal_transition", (gid,), bad))
+            return out
+        if c is Signal.RED:
+            self._red_on[i] = now
+            if p in _OPEN:
+                self._clear_end[i] = now
+            if p in _CLEARING:
+                start = self._clear_on[i]
+                lasted = math.inf if start is None else now - start
+                if lasted + TOLERANCE_S < self._clearance[i]:
+                    out.append(
+                        Violation(
+                            "short_clearance",
+                            (gid,),
+                            f"{p.name} lasted {lasted:.3f} s; needs {self._clearance[i]:g} s",
+                        )
+                    )
+            elif p is Signal.GREEN:
+                out.append(Violation("skipped_clearance", (gid,), bad))
+            elif p is Signal.RED_AMBER:
+                out.append(Violation("illegal_transition", (gid,), bad))
+            # DARK / FLASH_YELLOW → RED: leaving flash, legal
+            return out
+        if c is Signal.DARK:
+            kind: ViolationKind = "skipped_clearance" if p is Signal.GREEN else "illegal_transition"
+            out.append(Violation(kind, (gid,), f"{bad} outside flash"))
+            return out
+        if c is Signal.FLASH_YELLOW:
+            out.append(Violation("illegal_transition", (gid,), f"{bad} outside flash"))
+            return out
+        if c is Signal.RED_AMBER:
+            if p is not Signal.RED:
+                out.append(Violation("illegal_transition", (gid,), bad))
+            opened.append(i)
+            self._green_on[i] = now
+            return out
+        # c is GREEN
+        if p is Signal.RED_AMBER:
+            self._green_on[i] = now  # the intergreen was checked when it opened
+            return out
+        if p is not Signal.RED:
+            out.append(Violation("illegal_transition", (gid,), bad))
+        opened.append(i)
+        self._green_on[i] = now
+        return out
+
+    def _is_flash(self, cur: list[Signal | None]) -> bool:
+        for ped, s in zip(self._is_ped, cur, strict=True):
+            if s is None:
+                return False
+            if ped and s not in (Signal.DARK, Signal.RED):
+                return False
+            if not ped and s not in (Signal.FLASH_YELLOW, Signal.DARK):
+                return False
+        return True
+
+    def _enter_recovery(self, cur: list[Signal | None]) -> None:
+        self._recovering = True
+        self._all_red_since = None
+        self._prev = list(cur)
+        self._green_on = [None] * self._n
+        self._clear_on = [None] * self._n
+        self._green_end = [-math.inf] * self._n
+        self._clear_end = [-math.inf] * self._n
+
+    def _count(self, out: list[Violation]) -> list[Violation]:
+        self.checks += 1
+        for v in out:
+            self.counts[v.kind] += 1
+        return out
+
+
+def _name(s: Signal | None) -> str:
+    return "UNKNOWN" if s is None else s.name

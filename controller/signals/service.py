@@ -1,0 +1,500 @@
+"""The signal control loop's asyncio shell: one runner per intersection, over Modbus TCP.
+
+Every ``signals.step_s`` (100 ms) each :class:`IntersectionRunner` reads its cabinet (status,
+detectors), steps its pure :class:`~controller.signals.control.IntersectionControl` (strategy
+asks, engine decides, safety monitor checks) and writes the outputs with the next heartbeat.
+
+**Who drives the heads.** A runner is *in control* only while the cabinet follows the outputs
+it wrote. Everything else is a hand-over through all red, the way the cabinet's own rules
+(``docs/protocol.md`` §2) want it:
+
+* the cabinet is in start-up, in its local plan (it lost our heartbeat) or back from a
+  heartbeat-loss flash: the runner writes all red with *follow*; the cabinet winds its plan down
+  to all red and hands over; then the engine starts from its own all-red start-up;
+* the cabinet follows somebody else's outputs (the controller restarted within the heartbeat
+  timeout, so it still shows the old ones): the runner first asks for the *local plan*, so the
+  cabinet ends those greens properly, and then hands over as above;
+* a write failed, or a read did: the engine is frozen (it never runs ahead of what the cabinet
+  shows) and, once the link is back, the runner continues only if the cabinet still follows
+  exactly what was last written; otherwise it hands over as above;
+* the cabinet latched a monitor fault and flashes: the runner raises an alarm and waits for a
+  person: :meth:`IntersectionRunner.reset_cabinet_fault` sends the reset, then the hand-over.
+
+A violation caught by the controller's own monitor puts the intersection into flash (the
+runner asks the cabinet to flash) until :meth:`IntersectionRunner.clear_flash`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from controller.diagnostics import DropCounter
+from controller.signals.control import IntersectionControl, LocalTime
+from controller.signals.model import DetectorKind, Intersection, Signal, SignalsSettings
+from controller.signals.strategies import AdaptiveConfig
+from devices.cabinet import CabinetMode, CabinetStatus, Command, FaultCode, RegisterError
+from devices.cameras import CameraCounts, camera_from_topic
+from devices.lights import PayloadError, Topics, decode
+from devices.modbus import CabinetError, CabinetLink
+from devices.mqtt import LinkDown, MqttLink
+
+__all__ = ["IntersectionRunner", "RunnerStats", "SignalsService", "link_for"]
+
+log = logging.getLogger("cityctl.signals")
+
+Sync = Literal["down", "handover", "control", "cabinet_fault", "flash"]
+"""Where a runner stands with its cabinet (see the module docstring)."""
+
+_ALL_RED = int(Signal.RED)
+
+
+@dataclass
+class RunnerStats:
+    """Counters of one intersection, for logs, the status topic and tests."""
+
+    steps: int = 0
+    control_steps: int = 0
+    writes: int = 0
+    write_failures: int = 0
+    reads: int = 0
+    read_failures: int = 0
+    register_errors: int = 0
+    handovers: int = 0
+    resyncs: int = 0
+    lost_control: int = 0
+    cabinet_down_events: int = 0
+    cabinet_faults: int = 0
+    display_mismatches: int = 0
+    camera_messages: int = 0
+    max_step_lag_s: float = 0.0
+    alarms_raised: int = 0
+    by_sync: dict[str, int] = field(default_factory=dict)
+
+
+def link_for(x: Intersection, *, name: str = "") -> CabinetLink:
+    """The Modbus link to an intersection's cabinet, from its config."""
+    cab = x.config.cabinet
+    return CabinetLink(
+        cab.host,
+        cab.port,
+        cab.unit,
+        n_groups=x.n,
+        n_channels=cab.channels,
+        timeout_s=cab.timeout_s,
+        poll_s=cab.poll_s,
+        name=name or f"cabinet {x.id}",
+    )
+
+
+class IntersectionRunner:
+    """Runs one intersection against its cabinet; see the module docstring."""
+
+    def __init__(
+        self,
+        x: Intersection,
+        settings: SignalsSettings,
+        monotonic: Callable[[], float],
+        link: CabinetLink,
+        *,
+        local_time: Callable[[], LocalTime],
+        upstream_greens: Callable[[], Sequence[float]] | None = None,
+        adaptive: AdaptiveConfig | None = None,
+    ) -> None:
+        self.x = x
+        self.settings = settings
+        self.monotonic = monotonic
+        self.link = link
+        self.local_time = local_time
+        self.stats = RunnerStats()
+        self.control = IntersectionControl(
+            x, now=monotonic(), adaptive=adaptive, upstream_greens=upstream_greens
+        )
+        self.cabinet: CabinetStatus | None = None
+        self.sync: Sync = "down"
+        self.heartbeat = 0
+        self.alarms: dict[str, str] = {}
+        self._written: tuple[int, ...] | None = None
+        self._reset_pending = False
+        self._camera_dets = [
+            d for d in x.config.detectors if d.kind is DetectorKind.CAMERA and d.camera
+        ]
+        self._register_errors_in_row = 0
+
+    # -- operator actions -------------------------------------------------------------------
+    def reset_cabinet_fault(self) -> None:
+        """Ask the cabinet to clear its latched fault (a person decided it is safe)."""
+        self._reset_pending = True
+        log.warning("%s: cabinet fault reset requested", self.x.id)
+
+    def clear_flash(self) -> None:
+        """Leave a flash caused by the controller's own monitor (after a person looked)."""
+        if self.sync == "flash":
+            self._set_sync("handover")
+            self._clear("safety_violation")
+
+    # -- one step ---------------------------------------------------------------------------
+    async def step(self) -> None:
+        """Read, decide, check, write (see the module docstring)."""
+        self.stats.steps += 1
+        now = self.monotonic()
+        status = await self._read(now)
+        if status is None:
+            if not self.link.up and self.sync != "down":
+                if self.sync == "control":
+                    self.stats.lost_control += 1
+                self._set_sync("down")
+                self.stats.cabinet_down_events += 1
+                self._alarm("cabinet_down", "no answer from the cabinet; it runs its local plan")
+            if self.sync == "control" and self.cabinet is not None:
+                # A value we cannot trust: write on (the heartbeat must not stop), decide on
+                # the detectors we have.
+                await self._control_step(now)
+            return
+        self._clear("cabinet_down")
+        self._judge(status, now)
+        if self.sync == "control":
+            await self._control_step(now)
+        elif self.sync == "flash":
+            await self._write(tuple(int(s) for s in self.control.output.signals), Command.FLASH)
+        else:
+            await self._handover_step(status, now)
+
+    async def _control_step(self, now: float) -> None:
+        self.stats.control_steps += 1
+        st = self.control.step(now, self.local_time())
+        if st.violations:
+            text = "; ".join(f"{v.kind} {'/'.join(v.groups)}: {v.detail}" for v in st.violations)
+            log.error("%s: SAFETY VIOLATION — flashing: %s", self.x.id, text)
+            self._alarm("safety_violation", text)
+            self._set_sync("flash")
+            await self._write(st.signals, Command.FLASH)
+            return
+        if not await self._write(st.signals, Command.FOLLOW):
+            # The cabinet did not get this step: the engine is now ahead of the heads.
+            self.stats.lost_control += 1
+            self._set_sync("down")
+
+    async def _handover_step(self, status: CabinetStatus, now: float) -> None:
+        """Not in control: write all red with the command that brings the cabinet to us."""
+        all_red = (_ALL_RED,) * self.x.n
+        # The detectors still see traffic under the cabinet's plan: keep the bank current.
+        self.control.detectors.update_signals([int(c) for c in status.displayed], now)
+        if (
+            self._reset_pending
+            and status.mode is CabinetMode.FLASH
+            and status.fault
+            not in (
+                FaultCode.NONE,
+                FaultCode.HEARTBEAT_LOST,
+            )
+        ):
+            self._reset_pending = False
+            await self._write(all_red, Command.RESET_FAULT)
+            return
+        if status.mode is CabinetMode.FOLLOWING and not status.all_red:
+            # Following outputs that are not ours (or no longer): the cabinet's local plan
+            # ends those greens through their clearances first. (All red to all red is a
+            # hand-over already: the cabinet's monitor keeps its all-red timers.)
+            await self._write(all_red, Command.LOCAL_PLAN)
+            return
+        await self._write(all_red, Command.FOLLOW)
+
+    def _judge(self, status: CabinetStatus, now: float) -> None:
+        """Decide from the cabinet's status whether we (still) drive the heads."""
+        mode = status.mode
+        latched = mode is CabinetMode.FLASH and status.fault not in (
+            FaultCode.NONE,
+            FaultCode.HEARTBEAT_LOST,
+        )
+        if latched:
+            if self.sync != "cabinet_fault":
+                self.stats.cabinet_faults += 1
+                groups = ", ".join(self.x.groups[g].id for g in status.fault_groups)
+                detail = f"cabinet latched {status.fault.name}" + (f" ({groups})" if groups else "")
+                log.error("%s: %s — the cabinet flashes until a reset", self.x.id, detail)
+                self._alarm("cabinet_fault", detail)
+                if self.sync == "control":
+                    self.stats.lost_control += 1
+                self._set_sync("cabinet_fault")
+            return
+        self._clear("cabinet_fault")
+        if self.sync == "flash":
+            return
+        if self.sync == "control":
+            if mode is not CabinetMode.FOLLOWING:
+                self.stats.lost_control += 1
+                log.warning(
+                    "%s: cabinet left our outputs (%s): handing over again", self.x.id, mode.name
+                )
+                self._alarm("cabinet_fallback", f"cabinet went to {mode.name}")
+                self._set_sync("handover")
+            elif (
+                self._written is not None
+                and tuple(int(c) for c in status.displayed) != self._written
+            ):
+                # Read before write: the heads show what we wrote last step.
+                self.stats.display_mismatches += 1
+            return
+        if self.sync == "down":
+            # Back in touch: carry on only if the cabinet still shows exactly our last outputs
+            # and the engine has not moved past them; otherwise hand over.
+            shown = tuple(int(c) for c in status.displayed)
+            ours = tuple(int(s) for s in self.control.output.signals)
+            if (
+                mode is CabinetMode.FOLLOWING
+                and self._written is not None
+                and shown == self._written == ours
+            ):
+                log.info("%s: cabinet back, still following our outputs", self.x.id)
+                self._set_sync("control")
+                return
+            self.stats.resyncs += 1
+            log.info(
+                "%s: cabinet reachable (%s): handing over through all red", self.x.id, mode.name
+            )
+            self._set_sync("handover")
+        if self.sync == "handover" and mode is CabinetMode.FOLLOWING and status.all_red:
+            committed_red = self._written == (_ALL_RED,) * self.x.n
+            if committed_red:
+                self.stats.handovers += 1
+                self.control.restart(now, "hand-over")
+                log.info("%s: cabinet handed over: starting from all red", self.x.id)
+                self._clear("cabinet_fallback")
+                self._set_sync("control")
+
+    # -- I/O -------------------------------------------------------------------------------
+    async def _read(self, now: float) -> CabinetStatus | None:
+        try:
+            status = await self.link.read_status()
+        except RegisterError as exc:
+            self.stats.register_errors += 1
+            self._register_errors_in_row += 1
+            if self._register_errors_in_row >= 3:
+                self._alarm("register_error", str(exc))
+            return None
+        except CabinetError:
+            self.stats.read_failures += 1
+            return None
+        self.stats.reads += 1
+        self._register_errors_in_row = 0
+        self._clear("register_error")
+        self.cabinet = status
+        for ch, reading in enumerate(status.detectors):
+            self.control.loop_reading(ch, reading.count, reading.occupancy, reading.presence, now)
+        self._detector_alarms()
+        return status
+
+    async def _write(self, signals: tuple[int, ...], command: Command) -> bool:
+        self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+        try:
+            await self.link.write_outputs(signals, self.heartbeat, int(command))
+        except (CabinetError, RegisterError):
+            self.stats.write_failures += 1
+            return False
+        self.stats.writes += 1
+        self._written = signals
+        return True
+
+    # -- detectors, cameras, alarms ---------------------------------------------------------
+    def _detector_alarms(self) -> None:
+        for ev in self.control.detectors.take_events():
+            key = f"detector:{ev.alarm.detector}"
+            if ev.active:
+                self._alarm(key, f"{ev.alarm.kind}: {ev.alarm.detail} (constant call)")
+            else:
+                self._clear(key)
+
+    def on_camera(self, msg: CameraCounts, now: float) -> int:
+        """Feed a camera message; returns how many lanes matched a configured camera zone."""
+        matched = 0
+        for d in self._camera_dets:
+            if d.camera != msg.camera:
+                continue
+            for lane in msg.lanes:
+                if lane.lane == d.lane and (lane.group is None or lane.group == d.group):
+                    self.control.camera_reading(d.id, lane.count, lane.queue, msg.interval_s, now)
+                    matched += 1
+        self.stats.camera_messages += 1
+        self._detector_alarms()
+        return matched
+
+    def _set_sync(self, sync: Sync) -> None:
+        if sync != self.sync:
+            self.sync = sync
+            self.stats.by_sync[sync] = self.stats.by_sync.get(sync, 0) + 1
+
+    def _alarm(self, key: str, detail: str) -> None:
+        if self.alarms.get(key) != detail:
+            if key not in self.alarms:
+                self.stats.alarms_raised += 1
+            self.alarms[key] = detail
+            log.warning("%s: alarm %s: %s", self.x.id, key, detail)
+
+    def _clear(self, key: str) -> None:
+        if self.alarms.pop(key, None) is not None:
+            log.info("%s: alarm %s cleared", self.x.id, key)
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able status for the MQTT status topic and the logs."""
+        out = self.control.output
+        cab = self.cabinet
+        view = self.control.view
+        return {
+            "intersection": self.x.id,
+            "sync": self.sync,
+            "cabinet": {
+                "up": self.link.up,
+                "mode": cab.mode.name if cab else None,
+                "fault": cab.fault.name if cab and cab.fault else None,
+            },
+            "phase": out.phase,
+            "stage": out.stage,
+            "strategy": self.control.strategies.current(self.local_time()).name,
+            "signals": self.control.signal_names(),
+            "queues": (
+                {g.group: round(g.queue, 1) for g in view.groups if g.kind.value == "vehicle"}
+                if view
+                else {}
+            ),
+            "detectors": {k: v["status"] for k, v in self.control.detectors.diagnostics().items()},
+            "alarms": dict(self.alarms),
+            "stats": {k: v for k, v in vars(self.stats).items() if not isinstance(v, dict)},
+            "control": {
+                k: v for k, v in vars(self.control.stats).items() if not isinstance(v, dict)
+            },
+        }
+
+
+class SignalsService:
+    """All intersections of the controller: runners, the step loop, camera feeds, status.
+
+    ``monotonic`` must be real time (cabinets keep real-time heartbeat watchdogs);
+    ``local_time`` gives the local time of day for the strategy schedules.
+    """
+
+    def __init__(
+        self,
+        settings: SignalsSettings,
+        intersections: list[Intersection],
+        monotonic: Callable[[], float],
+        links: dict[str, CabinetLink] | None = None,
+        *,
+        mqtt: MqttLink | None,
+        topics: Topics,
+        local_time: Callable[[], dt.datetime],
+        adaptive: AdaptiveConfig | None = None,
+    ) -> None:
+        self.settings = settings
+        self.monotonic = monotonic
+        self.mqtt = mqtt
+        self.topics = topics
+        links = dict(links or {})
+        self.runners: dict[str, IntersectionRunner] = {}
+        by_id = {x.id: x for x in intersections}
+        for x in intersections:
+            link = links.get(x.id) or link_for(x)
+            coord = x.config.coordination
+            feed = None
+            if coord is not None and coord.upstream in by_id:
+                feed = self._feed(coord.upstream)
+            self.runners[x.id] = IntersectionRunner(
+                x,
+                settings,
+                monotonic,
+                link,
+                local_time=local_time,
+                upstream_greens=feed,
+                adaptive=adaptive,
+            )
+        self.drops = DropCounter(log, "camera payload")
+        self._last_status = float("-inf")
+        if mqtt is not None:
+            mqtt.subscribe(f"{topics.root}/signals/+/camera/+/counts", self._on_camera)
+
+    def _feed(self, upstream: str) -> Callable[[], Sequence[float]]:
+        def greens() -> Sequence[float]:
+            r = self.runners.get(upstream)
+            return r.control.arterial_greens() if r is not None else ()
+
+        return greens
+
+    def _on_camera(self, topic: str, payload: bytes, retained: bool) -> None:
+        ids = camera_from_topic(self.topics, topic)
+        if ids is None or not payload or retained:
+            return  # a retained count is an old interval: counting it again would double it
+        runner = self.runners.get(ids[0])
+        if runner is None:
+            return  # another controller's intersection
+        try:
+            msg = decode(CameraCounts, payload)
+            if (msg.intersection, msg.camera) != ids:
+                raise PayloadError("camera", "intersection/camera do not match the topic")
+        except PayloadError as exc:
+            self.drops.drop(topic, str(exc))
+            return
+        if runner.on_camera(msg, self.monotonic()) == 0:
+            self.drops.drop(topic, f"camera {msg.camera!r} has no configured lane on {ids[0]}")
+
+    async def run(self) -> None:
+        """Step every intersection every ``step_s`` until cancelled.
+
+        Each intersection has its own loop, so a cabinet whose requests time out slows only
+        its own steps, never another cabinet's heartbeat.
+        """
+        tasks = [
+            asyncio.create_task(self._run_one(r), name=f"signals {xid}")
+            for xid, r in self.runners.items()
+        ]
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                await self._publish_status()
+                for t in tasks:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            for r in self.runners.values():
+                with contextlib.suppress(Exception):
+                    await r.link.close()
+
+    async def _run_one(self, r: IntersectionRunner) -> None:
+        step = self.settings.step_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await r.step()
+            next_at += step
+            lag = loop.time() - next_at
+            if lag > 0:
+                r.stats.max_step_lag_s = max(r.stats.max_step_lag_s, lag)
+                if lag > 1.0:
+                    next_at = loop.time()  # fell far behind (a dead link): do not burst
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(-lag)
+
+    async def _publish_status(self) -> None:
+        mono = self.monotonic()
+        if self.mqtt is None or mono - self._last_status < 1.0 or not self.mqtt.connected:
+            return
+        self._last_status = mono
+        for xid, r in self.runners.items():
+            with contextlib.suppress(LinkDown):
+                await self.mqtt.publish(
+                    f"{self.topics.root}/signals/{xid}/status",
+                    json.dumps(r.status(), ensure_ascii=False).encode(),
+                    qos=0,
+                    retain=True,
+                )
