@@ -5,11 +5,14 @@ Subcommands::
     cityctl validate FILE                      check a config, print every problem
     cityctl config schema                      JSON Schema of config.yaml for editors
     cityctl schedule preview --group G --date D | --year Y
-    cityctl run [--config FILE]                run the controller against the configured broker
+    cityctl run [--config FILE] [--cabinet ID=HOST:PORT]
+                                               run the controller against the configured broker
     cityctl demo                               controller + simulated district, embedded broker
     cityctl sim lights --count N | --config F  simulated light nodes on a broker
     cityctl sim fault --node N --fault KIND    inject (or --clear) a fault in a simulated node
+    cityctl sim cabinets [--config F]          simulated signal cabinets (Modbus TCP) + cameras
     cityctl bench lighting --year Y [--json]   a year of the district: energy and class safety
+    cityctl bench signals [--json]             fixed vs actuated vs adaptive on the traffic model
 """
 
 from __future__ import annotations
@@ -146,11 +149,34 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
 
+    try:
+        cabinets = _parse_cabinets(args.cabinet, cfg)
+    except ValueError as exc:
+        print(f"--cabinet: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> int:
-        await Controller(cfg).run_forever()
+        await Controller(cfg, cabinets=cabinets).run_forever()
         return 0
 
     return _run_async(main)
+
+
+def _parse_cabinets(items: list[str], cfg: Any) -> dict[str, tuple[str, int]]:
+    """``ID=HOST:PORT`` items as a map; unknown intersections and bad ports are errors."""
+    known = {x.id for x in cfg.signals.intersections}
+    out: dict[str, tuple[str, int]] = {}
+    for item in items:
+        xid, sep, addr = item.partition("=")
+        host, sep2, port = addr.rpartition(":")
+        if not sep or not sep2 or not xid or not host:
+            raise ValueError(f"{item!r}: expected ID=HOST:PORT, e.g. ql1a-lct=127.0.0.1:5020")
+        if xid not in known:
+            raise ValueError(f"{item!r}: no intersection {xid!r} in the config")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{item!r}: port must be 1..65535")
+        out[xid] = (host, int(port))
+    return out
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -193,7 +219,71 @@ def cmd_sim_fault(args: argparse.Namespace) -> int:
     return _run_async(lambda: send_fault(args))
 
 
+def cmd_sim_cabinets(args: argparse.Namespace) -> int:
+    from controller.sim_cli import run_sim_cabinets
+
+    _setup_logging(args.log_level)
+    cfg = _load(args.config)
+    return _run_async(lambda: run_sim_cabinets(args, cfg))
+
+
 # -- bench -------------------------------------------------------------------------------
+
+
+def cmd_bench_signals(args: argparse.Namespace) -> int:
+    from controller.bench.signals import (
+        DEMAND_LEVELS,
+        STRATEGIES,
+        format_table,
+        plot_result,
+        run_signals_bench,
+    )
+
+    cfg = _load(args.config)
+    known = {x.id for x in cfg.signals.intersections}
+    for xid in args.intersection or []:
+        if xid not in known:
+            print(f"--intersection: no intersection {xid!r} in the config", file=sys.stderr)
+            return 2
+    if not known:
+        print("the config has no intersections (signals.intersections)", file=sys.stderr)
+        return 2
+    for name in args.demand or []:
+        if name not in DEMAND_LEVELS:
+            print(f"--demand: {name!r} is not one of {', '.join(DEMAND_LEVELS)}", file=sys.stderr)
+            return 2
+    for name in args.strategy or []:
+        if name not in STRATEGIES:
+            print(f"--strategy: {name!r} is not one of {', '.join(STRATEGIES)}", file=sys.stderr)
+            return 2
+    if args.minutes <= 0 or args.seeds < 1:
+        print("--minutes and --seeds must be positive", file=sys.stderr)
+        return 2
+
+    def progress(run: Any) -> None:
+        print(
+            f"{run.intersection} {run.demand:<6} {run.strategy:<8} seed {run.seed}: "
+            f"{run.mean_delay_s:6.1f} s/veh ({run.wall_s:.1f} s)",
+            file=sys.stderr,
+        )
+
+    result = run_signals_bench(
+        cfg,
+        intersections=args.intersection or None,
+        levels=args.demand or None,
+        strategies=args.strategy or STRATEGIES,
+        seeds=range(1, args.seeds + 1),
+        duration_s=args.minutes * 60.0,
+        progress=progress if not args.quiet else None,
+    )
+    if args.plot:
+        plot_result(result, args.plot)
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print(format_table(result), file=sys.stderr)
+    else:
+        print(format_table(result))
+    return 0 if result["violations"] == 0 else 1
 
 
 def cmd_bench_lighting(args: argparse.Namespace) -> int:
@@ -250,6 +340,14 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the controller against the configured broker")
     r.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
     r.add_argument("--log-level", help="override controller.log_level")
+    r.add_argument(
+        "--cabinet",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="talk to intersection ID's cabinet at HOST:PORT instead of the configured address "
+        "(e.g. a simulated one from `cityctl sim cabinets`; repeatable)",
+    )
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser(
@@ -305,6 +403,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sf.add_argument("--clear", action="store_true", help="clear the fault instead")
     sf.set_defaults(func=cmd_sim_fault)
+    sc = simsub.add_parser(
+        "cabinets",
+        help="simulated signal cabinets over Modbus TCP, with traffic and cameras",
+        description="One simulated cabinet (a pymodbus TCP server with its own conflict monitor "
+        "and heartbeat watchdog) per intersection of the config, its detectors fed by the "
+        "built-in traffic model; with --broker its AI cameras publish counts on MQTT. Prints "
+        "the `cityctl run --cabinet ...` options that point a controller at them.",
+    )
+    sc.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    sc.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sc.add_argument(
+        "--port-base",
+        type=int,
+        default=5020,
+        help="first port; intersections get consecutive ports (0: free ports)",
+    )
+    sc.add_argument("--level", type=float, default=0.7, help="demand as a share of the peak hour")
+    sc.add_argument(
+        "--time-of-day",
+        action="store_true",
+        help="let demand follow the time of day (daily profile) instead of a constant level",
+    )
+    sc.add_argument("--broker", help="broker url for the cameras (default: no cameras)")
+    sc.add_argument(
+        "--fallback",
+        choices=["local_plan", "flash"],
+        default="local_plan",
+        help="what a cabinet does when the heartbeat stops",
+    )
+    sc.add_argument("--seed", default="1", help="traffic seed")
+    sc.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sc.add_argument("--log-level", default="INFO")
+    sc.set_defaults(func=cmd_sim_cabinets)
 
     b = sub.add_parser("bench", help="benchmarks (JSON + a table)")
     bsub = b.add_subparsers(dest="bench_command", metavar="SUBCOMMAND", required=True)
@@ -316,6 +447,23 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--table", action="store_true", help="with --json: the table on stderr too")
     bl.add_argument("--plot", metavar="PNG", help="also write a bar chart of energy per group")
     bl.set_defaults(func=cmd_bench_lighting)
+    bs = bsub.add_parser(
+        "signals",
+        help="fixed-time vs actuated vs adaptive on the built-in traffic model",
+        description="Every intersection of the config at low, medium and high demand with each "
+        "strategy, in lock-step simulated time through the controller's real signal stack. "
+        "Prints mean delay per vehicle, stops and the largest queue side by side.",
+    )
+    bs.add_argument("--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    bs.add_argument("--intersection", action="append", help="only this one (repeatable)")
+    bs.add_argument("--demand", action="append", help="low, medium or high (repeatable)")
+    bs.add_argument("--strategy", action="append", help="fixed, actuated or adaptive (repeatable)")
+    bs.add_argument("--minutes", type=float, default=60.0, help="simulated minutes per run")
+    bs.add_argument("--seeds", type=int, default=3, help="runs per cell, seeds 1..N")
+    bs.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
+    bs.add_argument("--plot", metavar="PNG", help="also write a bar chart of mean delay")
+    bs.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    bs.set_defaults(func=cmd_bench_signals)
     return p
 
 

@@ -19,6 +19,9 @@ from typing import Any
 from controller.clock import ScaledClock
 from controller.config import CityConfig
 from controller.runtime import Controller
+from controller.sim_signals import SimulatedSite
+from devices.cabinet import IR
+from devices.lights import Topics
 from devices.mqtt import MqttLink, MqttSettings
 from schedules.model import StepTime
 from schedules.sun import sun_event
@@ -179,21 +182,42 @@ async def run_demo(
         report_interval_s=max(60.0, 3.0 * speed),
         clock=_SimClockAdapter(clock),
     )
-    controller = Controller(cfg, clock=clock, mqtt=settings)
     counters_link = MqttLink(
         MqttSettings(host=broker.host, port=broker.port, client_id="demo-counters")
     )
+
+    async def publish(topic: str, payload: bytes) -> None:
+        await counters_link.publish(topic, payload, qos=0)
+
+    # The intersections: simulated cabinets on free loopback ports, traffic that follows the
+    # demo clock's time of day, cameras on the embedded broker. Signals run in real time (the
+    # cabinets' heartbeat watchdogs count real seconds); only the time of day is accelerated.
+    xs = cfg.intersections()
+    site = SimulatedSite(
+        xs,
+        cfg.signals,
+        level=0.8,
+        start_local=clock.now().astimezone(tz),
+        time_scale=speed,
+        seed="demo",
+        publish=publish,
+        topics=Topics(cfg.mqtt.prefix),
+    )
+    controller: Controller | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await sim.start()
         log.info(
             "%d simulated light nodes online in %.1f s", sim.stats.online, sim.stats.connect_s or 0
         )
+        await site.start()
+        for xid, (h, p) in site.addresses.items():
+            log.info("simulated cabinet %s on modbus tcp %s:%d", xid, h, p)
+        controller = Controller(cfg, clock=clock, mqtt=settings, cabinets=site.addresses)
+        if controller.signals is not None:
+            controller.signals.summary_s = 10.0
         await controller.start()
         tasks.append(asyncio.create_task(counters_link.run(), name="counters-link"))
-
-        async def publish(topic: str, payload: bytes) -> None:
-            await counters_link.publish(topic, payload, qos=0)
 
         tasks.append(
             asyncio.create_task(
@@ -213,6 +237,7 @@ async def run_demo(
         )
         if faults:
             tasks.append(asyncio.create_task(_inject_faults(sim, clock, controller), name="faults"))
+            tasks.append(asyncio.create_task(_signal_faults(site), name="signal-faults"))
         if duration_s is None:
             await asyncio.Event().wait()
         else:
@@ -223,24 +248,41 @@ async def run_demo(
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        await controller.stop()
+        if controller is not None:
+            await controller.stop()
         await counters_link.close()
+        await site.stop()
         await sim.stop()
         await broker.stop()
-        st = controller.lighting.stats
-        status = controller.lighting.core.status()
-        following = sum(g.nodes_converged for g in status)
-        log.info("demo over: %d of %d nodes follow their group's level", following, len(specs))
-        log.info(
-            "demo over at %s: %d group commands, %d node retries, %d node states, %d counts, "
-            "%d bad payloads dropped",
-            clock.now().astimezone(tz).strftime("%H:%M"),
-            st.group_commands,
-            st.node_retries,
-            st.states,
-            st.counts,
-            controller.lighting.drops.total,
-        )
+    if controller is None:
+        return 1
+    if controller.signals is not None:
+        for xid, r in controller.signals.runners.items():
+            cab = site.cabinets[xid]
+            log.info(
+                "demo over, %s: %s, %d stage changes, %d controller safety violations, "
+                "%d cabinet monitor faults, %d hand-overs",
+                xid,
+                r.sync,
+                r.control.stats.stage_changes,
+                r.control.stats.violations,
+                cab.stats.faults,
+                r.stats.handovers,
+            )
+    st = controller.lighting.stats
+    status = controller.lighting.core.status()
+    following = sum(g.nodes_converged for g in status)
+    log.info("demo over: %d of %d nodes follow their group's level", following, len(specs))
+    log.info(
+        "demo over at %s: %d group commands, %d node retries, %d node states, %d counts, "
+        "%d bad payloads dropped",
+        clock.now().astimezone(tz).strftime("%H:%M"),
+        st.group_commands,
+        st.node_retries,
+        st.states,
+        st.counts,
+        controller.lighting.drops.total,
+    )
     return 0
 
 
@@ -257,3 +299,35 @@ async def _inject_faults(sim: LightSimulator, clock: ScaledClock, controller: Co
             sim.inject(node, fault)
         else:
             sim.clear(node, fault)
+
+
+# Signal faults injected during the demo: (real seconds after start, intersection, what).
+DEMO_SIGNAL_FAULTS: tuple[tuple[float, str, str], ...] = (
+    (45.0, "ql1a-thd", "cut the cabinet link for 6 s"),
+    (90.0, "ql1a-lct", "scramble the counter of detector W_T-stop"),
+)
+
+
+async def _signal_faults(site: SimulatedSite) -> None:
+    started = asyncio.get_running_loop().time()
+    for at, xid, what in DEMO_SIGNAL_FAULTS:
+        cab = site.cabinets.get(xid)
+        if cab is None:
+            continue
+        wait = at - (asyncio.get_running_loop().time() - started)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        log.info("demo: %s: %s", xid, what)
+        if what.startswith("cut"):
+            cab.inject_link_down(6.0, mode="silent")
+            continue
+        det = what.split()[-1]
+        x = next(x for x in site.intersections if x.id == xid)
+        ch = next(d.channel for d in x.config.detectors if d.id == det)
+        if ch is None:
+            continue
+        # Counts that jump by thousands: erratic three times in a row, and the detector
+        # bank declares the loop failed (its movement then gets a constant call).
+        for value in (9000, 120, 40000):
+            cab.inject_garbage(IR.DET_COUNT + ch, value, 0.5)
+            await asyncio.sleep(0.7)

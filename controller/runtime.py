@@ -1,14 +1,18 @@
-"""The controller process: one MQTT link, the lighting loop, and an orderly start and stop."""
+"""The controller process: one MQTT link, the lighting loop, the signal loops, and an orderly
+start and stop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Mapping
 
 from controller.clock import Clock, SystemClock
 from controller.config import CityConfig
 from controller.lighting.service import LightingService
+from controller.signals.service import SignalsService, with_cabinets
 from devices.lights import OFFLINE, Topics
 from devices.mqtt import MqttLink, MqttSettings, Will
 
@@ -22,6 +26,12 @@ class Controller:
 
     ``mqtt`` overrides the broker settings from the config (the demo and tests point the
     controller at their own broker); the last will and client id are always the controller's.
+    ``cabinets`` moves intersections' cabinets to other addresses (id → host, port: simulated
+    cabinets, a bench cabinet); ``signals=False`` leaves the intersections alone.
+
+    The signal loops always run on the machine's monotonic clock, whatever ``clock`` is: the
+    cabinets' heartbeat watchdogs count real seconds. ``clock`` gives them the local time of
+    day for the strategy schedules.
     """
 
     def __init__(
@@ -30,6 +40,8 @@ class Controller:
         *,
         clock: Clock | None = None,
         mqtt: MqttSettings | None = None,
+        cabinets: Mapping[str, tuple[str, int]] | None = None,
+        signals: bool = True,
     ) -> None:
         self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
@@ -54,16 +66,30 @@ class Controller:
         self.link = MqttLink(settings, name=f"controller {cfg.controller.id}")
         self.lighting = LightingService(cfg, self.link, self.clock, topics=self.topics)
         self.link.on_connect = self.lighting.on_connect
+        self.signals: SignalsService | None = None
+        xs = cfg.intersections()
+        if signals and xs:
+            xs = with_cabinets(xs, cabinets or {})
+            tz = cfg.location.tz
+            self.signals = SignalsService(
+                cfg.signals,
+                xs,
+                time.monotonic,
+                mqtt=self.link,
+                topics=self.topics,
+                local_time=lambda: self.clock.now().astimezone(tz),
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Start the link and the loops; returns at once."""
         s = self.link.settings
         log.info(
-            "controller %s starting: %d groups, %d nodes, broker %s:%d",
+            "controller %s starting: %d groups, %d nodes, %d intersections, broker %s:%d",
             self.cfg.controller.id,
             len(self.cfg.lighting.groups),
             sum(1 for _ in self.cfg.nodes()),
+            len(self.signals.runners) if self.signals else 0,
             s.host,
             s.port,
         )
@@ -71,6 +97,8 @@ class Controller:
             asyncio.create_task(self.link.run(), name="mqtt-link"),
             asyncio.create_task(self.lighting.run(), name="lighting-loop"),
         ]
+        if self.signals is not None:
+            self._tasks.append(asyncio.create_task(self.signals.run(), name="signal-loops"))
 
     async def stop(self) -> None:
         """Say goodbye (retained offline) and stop every task."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import sys
 
@@ -12,7 +14,7 @@ from devices.lights import SimFault, Topics, encode
 from devices.mqtt import MqttLink, MqttSettings
 from simulator.lights import LightSimulator, NodeSpec
 
-__all__ = ["run_sim_lights", "send_fault"]
+__all__ = ["run_sim_cabinets", "run_sim_lights", "send_fault"]
 
 log = logging.getLogger("cityctl.sim")
 
@@ -103,3 +105,86 @@ async def send_fault(args: argparse.Namespace) -> int:
     finally:
         await link.close()
         task.cancel()
+
+
+async def run_sim_cabinets(args: argparse.Namespace, cfg: CityConfig) -> int:
+    """Simulated cabinets (and cameras) for every intersection of ``cfg`` until Ctrl-C."""
+    from controller.sim_signals import SimulatedSite
+
+    xs = cfg.intersections()
+    if not xs:
+        print("the config has no intersections (signals.intersections)", file=sys.stderr)
+        return 2
+    if not 0 <= args.port_base <= 65535 - len(xs):
+        print("--port-base: must leave room for one port per intersection", file=sys.stderr)
+        return 2
+    if not 0 <= args.level <= 3:
+        print("--level: a share of the peak hour, 0..3", file=sys.stderr)
+        return 2
+    link: MqttLink | None = None
+    link_task: asyncio.Task[None] | None = None
+    if args.broker:
+        try:
+            settings = MqttSettings.from_url(args.broker, client_id="cityctl-sim-cameras")
+        except ValueError as exc:
+            print(f"--broker: {exc}", file=sys.stderr)
+            return 2
+        link = MqttLink(settings)
+        link_task = asyncio.create_task(link.run())
+    ports = {x.id: (args.port_base + k if args.port_base else 0) for k, x in enumerate(xs)}
+    tz = cfg.location.tz
+    publish = None
+    if link is not None:
+        mqtt = link
+
+        async def publish_camera(topic: str, payload: bytes) -> None:
+            await mqtt.publish(topic, payload, qos=0)
+
+        publish = publish_camera
+    site = SimulatedSite(
+        xs,
+        cfg.signals,
+        host=args.host,
+        ports=ports,
+        level=args.level,
+        start_local=dt.datetime.now(tz) if args.time_of_day else None,
+        seed=args.seed,
+        fallback=args.fallback,
+        publish=publish,
+        topics=Topics(cfg.mqtt.prefix),
+    )
+    try:
+        await site.start()
+    except OSError as exc:
+        print(f"cannot listen: {exc}", file=sys.stderr)
+        if link is not None:
+            await link.close()
+        return 1
+    flags = " ".join(f"--cabinet {xid}={h}:{p}" for xid, (h, p) in site.addresses.items())
+    for xid, (h, p) in site.addresses.items():
+        log.info("cabinet %s on modbus tcp %s:%d", xid, h, p)
+    log.info("point a controller at them: cityctl run --config %s %s", args.config, flags)
+    try:
+        if args.duration is not None:
+            await asyncio.sleep(args.duration)
+        else:
+            while True:
+                await asyncio.sleep(60)
+                for xid, cab in site.cabinets.items():
+                    log.info(
+                        "%s: %s (fault %s), %d commits, %d faults",
+                        xid,
+                        cab.mode.name,
+                        cab.fault.name,
+                        cab.stats.commits,
+                        cab.stats.faults,
+                    )
+    finally:
+        await site.stop()
+        if link is not None:
+            await link.close()
+        if link_task is not None:
+            link_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await link_task
+    return 0

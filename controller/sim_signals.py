@@ -18,20 +18,27 @@ counters (:mod:`simulator.traffic`), or by a peaked profile within a benchmark h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import math
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controller.signals.model import DetectorKind, GroupKind, Intersection, SignalsSettings
-from simulator.cabinet import CabinetSpec, GroupSpec
-from simulator.signal_traffic import TrafficDetectorSpec, TrafficGroupSpec
+from devices.lights import Topics
+from simulator.cabinet import CabinetSpec, GroupSpec, SimulatedCabinet
+from simulator.cameras import CameraFeed, CameraStats, CameraZone, run_cameras
+from simulator.signal_traffic import IntersectionTraffic, TrafficDetectorSpec, TrafficGroupSpec
 from simulator.traffic import RoadKind, expected_flow
 
 __all__ = [
     "PEAK_VPH_PER_LANE",
     "SignalDemand",
+    "SimulatedSite",
     "cabinet_spec",
+    "camera_feeds",
     "group_demand",
     "local_plan",
     "traffic_specs",
@@ -73,7 +80,8 @@ class SignalDemand:
     aware local datetime at ``t = 0``) the rates follow the daily profile of their road kind;
     with ``peak_s`` they follow a peaked hour instead: ``1 + peak_amp·sin(π t / peak_s)`` over
     ``[0, peak_s]`` normalised to a mean of 1 — the build-up and fade of a peak hour. Otherwise
-    the rates are constant.
+    the rates are constant. ``time_scale`` clock seconds pass per second of ``t`` (the demo's
+    accelerated clock: the time of day moves faster than the traffic).
     """
 
     peak: Mapping[str, float]
@@ -81,6 +89,7 @@ class SignalDemand:
     start_local: dt.datetime | None = None
     peak_s: float | None = None
     peak_amp: float = 0.5
+    time_scale: float = 1.0
     _norm: float = field(init=False, default=1.0)
 
     def __post_init__(self) -> None:
@@ -95,7 +104,7 @@ class SignalDemand:
     def __call__(self, group: str, t: float) -> float:
         base = self.peak.get(group, 0.0) * self.level
         if self.start_local is not None:
-            local = self.start_local + dt.timedelta(seconds=t)
+            local = self.start_local + dt.timedelta(seconds=t * self.time_scale)
             return expected_flow(RoadKind.ARTERIAL, base, local)
         if self.peak_s is not None:
             s = min(max(t / self.peak_s, 0.0), 1.0)
@@ -199,4 +208,110 @@ def camera_detectors(x: Intersection) -> list[tuple[str, str, str]]:
     ]
 
 
-DemandFn = Callable[[str, float], float]
+class _LoopSource:
+    """The traffic model as the cabinet's detector source (``detector`` as a plain tuple)."""
+
+    def __init__(self, traffic: IntersectionTraffic) -> None:
+        self.traffic = traffic
+
+    def step(self, t: float, dt: float, shown: Mapping[str, int]) -> None:
+        self.traffic.step(t, dt, shown)
+
+    def detector(self, channel: int) -> tuple[int, float, bool]:
+        s = self.traffic.detector(channel)
+        return s.count, s.occupied_s, s.presence
+
+
+def camera_feeds(x: Intersection) -> list[CameraFeed]:
+    """The simulated cameras of an intersection: one feed per camera id, a zone per lane."""
+    feeds: dict[str, list[CameraZone]] = {}
+    for d in x.config.detectors:
+        if d.kind is DetectorKind.CAMERA and d.camera is not None:
+            feeds.setdefault(d.camera, []).append(CameraZone(d.group, d.lane))
+    return [CameraFeed(x.id, cam, zones) for cam, zones in feeds.items()]
+
+
+class SimulatedSite:
+    """Simulated cabinets (with the built-in traffic model) for intersections of a config.
+
+    ``ports`` maps an intersection id to the port to listen on (0: a free one); after
+    :meth:`start`, :attr:`addresses` tells where each cabinet listens. With ``publish``, the
+    intersections' cameras publish their counts through it every ``camera_interval_s``.
+    """
+
+    def __init__(
+        self,
+        intersections: Sequence[Intersection],
+        settings: SignalsSettings,
+        *,
+        host: str = "127.0.0.1",
+        ports: Mapping[str, int] | None = None,
+        level: float = 0.7,
+        start_local: dt.datetime | None = None,
+        time_scale: float = 1.0,
+        seed: int | str = 1,
+        fallback: str = "local_plan",
+        publish: Callable[[str, bytes], Awaitable[None]] | None = None,
+        topics: Topics | None = None,
+        camera_interval_s: float = 10.0,
+    ) -> None:
+        self.intersections = list(intersections)
+        self.host = host
+        self.publish = publish
+        self.topics = topics
+        self.camera_interval_s = camera_interval_s
+        self.camera_stats = CameraStats()
+        self.traffic: dict[str, IntersectionTraffic] = {}
+        self.cabinets: dict[str, SimulatedCabinet] = {}
+        t0 = time.monotonic()
+        for x in self.intersections:
+            groups, dets = traffic_specs(x)
+            demand = SignalDemand(
+                group_demand(x), level, start_local=start_local, time_scale=time_scale
+            )
+            traffic = IntersectionTraffic(groups, dets, demand, seed=f"{seed}:{x.id}")
+            self.traffic[x.id] = traffic
+            port = (ports or {}).get(x.id, 0)
+            self.cabinets[x.id] = SimulatedCabinet(
+                cabinet_spec(x, settings, fallback=fallback),
+                host,
+                port,
+                device_id=x.config.cabinet.unit,
+                traffic=_LoopSource(traffic),
+                clock=lambda: time.monotonic() - t0,
+            )
+        self._task: asyncio.Task[CameraStats] | None = None
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each cabinet listens: intersection id → (host, port)."""
+        return {xid: (cab.host, cab.port) for xid, cab in self.cabinets.items()}
+
+    async def start(self) -> None:
+        """Start every cabinet (and the cameras)."""
+        for cab in self.cabinets.values():
+            await cab.start()
+        feeds = [f for x in self.intersections for f in camera_feeds(x)]
+        if self.publish is not None and feeds:
+            topics = self.topics or Topics("cityctl")
+            self._task = asyncio.create_task(
+                run_cameras(
+                    self.publish,
+                    topics,
+                    feeds,
+                    self.traffic,
+                    interval_s=self.camera_interval_s,
+                    stats=self.camera_stats,
+                ),
+                name="sim-cameras",
+            )
+
+    async def stop(self) -> None:
+        """Stop the cameras and every cabinet."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for cab in self.cabinets.values():
+            await cab.stop()

@@ -395,7 +395,7 @@ class ConflictMonitor:
                 if green < r.min_green[i] - r.tol:
                     what = f"{ids[i]}: green {green:.2f} s < minimum {r.min_green[i]:g} s"
                     fault(FaultCode.SHORT_GREEN, (i,), what)
-            if old in _CLEARANCE and new not in _OPEN:
+            if old in _CLEARANCE and new not in _CLEARANCE:  # also cut short back to green
                 clear = t - tm.clear_start[i]
                 if clear < r.min_clear[i] - r.tol:
                     what = f"{ids[i]}: clearance {clear:.2f} s < minimum {r.min_clear[i]:g} s"
@@ -484,7 +484,8 @@ class LocalPlan:
         for i, c in enumerate(tm.shown):
             if c == _RED_AMBER:
                 tm.set(i, _GREEN, t)
-        if not self._between and (self._winding or t >= self._stage_end - _EPS):
+        # Winding down ends every green, also one carried into the gap between two stages.
+        if self._winding or (not self._between and t >= self._stage_end - _EPS):
             keep: frozenset[int] = frozenset()
             if self._carry and not self._winding:
                 keep = frozenset(self._active) & self._stages[self._next][0]
@@ -513,6 +514,10 @@ class LocalPlan:
 
     def _may_start(self, j: int, t: float) -> bool:
         tm, r = self._tm, self._r
+        # The group itself first runs out its own clearance and shows red (no yellow → green):
+        # the plan passes through all red, for at least the all-red floor.
+        if tm.shown[j] in _OPEN or t - tm.end_open[j] < ALL_RED_FLOOR_S - _EPS:
+            return False
         for i in range(r.n):
             if not r.conflict[i][j]:
                 continue
@@ -842,7 +847,9 @@ class CabinetCore:
         elif mode is CabinetMode.FLASH_REQUESTED:
             if not alive:
                 self._set_mode(t, CabinetMode.FLASH, FaultCode.HEARTBEAT_LOST)
-            elif cmd is not Command.FLASH:
+            elif cmd is not Command.FLASH and (
+                cmd is not Command.LOCAL_PLAN or self.spec.local_plan
+            ):  # without a plan, a local-plan request stays in flash (see _enter_local)
                 self._startup(t)
 
     def _try_handover(self, t: float) -> None:
@@ -928,6 +935,10 @@ class CabinetCore:
 
     def _step_detectors(self, t: float, dt: float) -> None:
         traffic = self.traffic
+        for ch in range(self.spec.n_channels):
+            # Presence of a channel no source reports on is the stuck injection's alone.
+            if ch not in self._stuck and (traffic is None or ch not in self._source_last):
+                self._presence[ch] = False
         if traffic is None:
             for ch in self._stuck:
                 self._occ[ch] += dt

@@ -41,6 +41,7 @@ imports nothing from ``controller``.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import deque
@@ -280,6 +281,8 @@ class IntersectionTraffic:
                 raise ValueError(f"groups: duplicate group {g.id!r}")
             if g.lanes < 1 or g.saturation_vph_per_lane <= 0 or g.free_speed_kmh <= 0:
                 raise ValueError(f"groups.{g.id}: lanes, saturation and speed must be positive")
+            if not 0 < g.flash_capacity <= 1:
+                raise ValueError(f"groups.{g.id}.flash_capacity: must be in (0, 1]")
             nlanes = g.lanes if g.kind == "vehicle" else 1
             lanes = [_Lane(random.Random(f"{seed}:{g.id}:{k}")) for k in range(nlanes)]
             v = g.free_speed_kmh / 3.6
@@ -374,7 +377,8 @@ class IntersectionTraffic:
                 lane.transit.append(a)
                 for d in ups:
                     if k in d.lanes:
-                        d.pending.append(a - d.travel_s)
+                        # lanes are walked one after the other: keep the passes in time order
+                        bisect.insort(d.pending, a - d.travel_s)
             while lane.transit and lane.transit[0] < t1:
                 lane.queue.append(lane.transit.popleft())
                 grp.arrived += 1
@@ -460,8 +464,14 @@ class IntersectionTraffic:
         grp.max_queue = max(grp.max_queue, len(c.waiting))
         for d in buttons:
             d.count += len(spans)
-            d.occupied += PRESS_OCCUPANCY_S * len(spans)
-            d.presence = bool(spans)
+            # A press closes the input for PRESS_OCCUPANCY_S; presses that overlap close it
+            # once, and a press that runs past the step is counted in the next one, so the
+            # occupancy never grows faster than time (as the cabinet's input would show it).
+            d.busy.extend(spans)
+            on = _union_in(d.busy, t, t1)
+            d.occupied += on
+            d.presence = on > 0
+            d.busy = [iv for iv in d.busy if iv[1] > t1]
 
     # -- what the field devices report -------------------------------------------------------
 

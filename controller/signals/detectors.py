@@ -24,7 +24,7 @@ takes an AI camera's per-interval count (vehicles that crossed the stop line) an
   arrivals: upstream counts, else camera arrivals (crossings + queue growth), else stop-line
   counts. During a failure it keeps its last value.
 * ``queue`` — vehicles waiting at the stop line: upstream counts reach the stop line
-  ``distance / speed`` later, stop-line counts leave; it is re-based on the camera's queue when
+  ``distance / (0.9 × speed)`` later (vehicles slow down towards the stop line), stop-line counts leave; it is re-based on the camera's queue when
   a fresh camera message arrives, zeroed when the stop-line loop shows a gap during green
   (the queue is gone) or stays empty during red (a phantom vehicle), and raised when the
   upstream loop stays occupied during red (the queue reaches back to it). Without counts (a
@@ -71,6 +71,7 @@ _WRAP = 1 << 16
 _HALF = 1 << 15
 _VEHICLE_SPACING_M = 7.0  # a queued car and its gap
 _LOST_S = 2.0  # start-up lost time assumed for modelled discharge
+_MAX_QUEUE_PER_LANE = 500  # what the camera protocol allows per lane
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class _Detector:
         self.presence_since: float | None = None
         self.last_on = -math.inf  # last time it was occupied or counted
         self.last_activity: float | None = None
+        self.created: float | None = None  # added at run time (camera by group id)
         self.edges: deque[float] = deque()
         self.erratic: deque[float] = deque()
         self.garbage = 0
@@ -296,12 +298,15 @@ class DetectorBank:
             self._bad(det, now, garbage=True)
         elif det.raw_count is None:
             det.raw_count = int(count_raw)
+            g0 = self._groups[det.gidx]
+            if g0.rate_t is None:
+                g0.rate_t = now  # observed from here on, with or without arrivals
         else:
             step = (int(count_raw) - det.raw_count) % _WRAP
             det.raw_count = int(count_raw)
             if step:
                 if step >= _HALF or step > self._max_counts(det, dt or 0.0):
-                    self._bad(det, now, garbage=step >= _HALF)
+                    self._bad(det, now, garbage=False)
                 else:
                     counted = step
         # -- occupancy
@@ -354,6 +359,7 @@ class DetectorBank:
                     self.x.groups[gi].lanes,
                     0.0,
                 )
+                det.created = now
                 self._dets[det.id] = det
                 self._by_group[gi].append(det)
         if det is None or det.kind is not DetectorKind.CAMERA:
@@ -367,7 +373,9 @@ class DetectorBank:
             return
         count, queue = int(count), int(queue)
         limit = det.lanes * self.settings.saturation_vph_per_lane / 3600.0 * interval_s * 1.5
-        if count > limit + self.settings.count_slack:
+        # A queue longer than a lane can hold (the camera protocol's 500 per lane) is no
+        # measurement either.
+        if count > limit + self.settings.count_slack or queue > _MAX_QUEUE_PER_LANE * det.lanes:
             self._bad(det, now, garbage=False)
             self._diagnose(det, now)
             return
@@ -526,6 +534,19 @@ class DetectorBank:
         g.w_time = g.w_time * decay + span
         g.rate_t = now
 
+    def _sources_failed(self, gi: int) -> bool:
+        """True when the group has detectors and every one of them is FAILED: nothing measures
+        its arrivals, so the rate estimate keeps its last value instead of decaying."""
+        dets = self._by_group[gi]
+        return bool(dets) and all(d.failed for d in dets)
+
+    def _rate_now(self, gi: int, now: float) -> float:
+        """The group's arrival rate at ``now``, frozen while all its detectors are FAILED."""
+        g = self._groups[gi]
+        if g.rate_t is not None and self._sources_failed(gi):
+            return self._arrivals_vph(g, min(now, g.rate_t))
+        return self._arrivals_vph(g, now)
+
     def _arrivals_vph(self, g: _GroupState, now: float) -> float:
         if g.rate_t is None:
             return 0.0
@@ -565,7 +586,7 @@ class DetectorBank:
         arr, dep = self._measured(gi, now)
         dt = now - last
         if not arr:
-            g.queue += self._arrivals_vph(g, now) / 3600.0 * dt
+            g.queue += self._rate_now(gi, now) / 3600.0 * dt
         if not dep and g.green and g.green_since is not None:
             run = min(dt, max(0.0, now - g.green_since - _LOST_S))
             mu = g.lanes * self.settings.saturation_vph_per_lane / 3600.0
@@ -578,7 +599,9 @@ class DetectorBank:
         while det.edges and det.edges[0] < now - s.chatter_window_s:
             det.edges.popleft()
         problem: tuple[FaultKind, str] | None = None
-        started = self._start if self._start is not None else now
+        started = det.created if det.created is not None else self._start
+        if started is None:
+            started = now
         if len(det.erratic) >= s.erratic_events:
             problem = (
                 "erratic",
@@ -636,6 +659,9 @@ class DetectorBank:
         """A detector failed or recovered: its group's queue switches estimator."""
         g = self._groups[det.gidx]
         g.model_t = now
+        if not det.failed and g.rate_t is not None and g.rate_t < now:
+            # The time nothing was measured is not observed time without arrivals.
+            g.rate_t = now
         if not det.failed and det.kind in (DetectorKind.STOPLINE, DetectorKind.UPSTREAM):
             g.transit.clear()
 
@@ -648,6 +674,8 @@ class DetectorBank:
         if g.kind is GroupKind.PEDESTRIAN:
             buttons_failed = any(d.failed for d in dets if d.kind is DetectorKind.PUSHBUTTON)
             constant = recall or buttons_failed
+            if constant and not g.green:
+                g.latched = True
             call = constant or g.latched
             since = g.call_since
             if call and not g.green and since is None:
@@ -659,7 +687,7 @@ class DetectorBank:
                 call and not g.green,
                 None if g.green else since,
                 math.inf,
-                self._arrivals_vph(g, now),
+                self._rate_now(gi, now),
                 float(g.presses),
                 (),
                 any(d.presence for d in dets),
@@ -704,7 +732,7 @@ class DetectorBank:
         # the call
         constant = recall or failed
         waiting = presence or g.queue >= 0.5 or cam_queue > 0
-        if not g.green and waiting:
+        if not g.green and (waiting or constant):
             g.latched = True
         call = constant or waiting or (g.latched and not g.green)
         since = g.call_since
@@ -718,6 +746,8 @@ class DetectorBank:
             gap = 0.0
         elif failed and any(d.failed for d in loops):
             gap = 0.0  # fail-safe: a group with a broken loop extends to max green
+        elif any(d.presence for d in healthy):
+            gap = 0.0
         elif healthy:
             gap = max(0.0, now - max(d.last_on for d in healthy))
         elif cams:
@@ -731,7 +761,7 @@ class DetectorBank:
             call,
             since,
             gap,
-            self._arrivals_vph(g, now),
+            self._rate_now(gi, now),
             g.queue,
             approaching,
             presence,
@@ -740,7 +770,12 @@ class DetectorBank:
 
 
 def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _is_u16(v: object) -> bool:

@@ -359,10 +359,17 @@ class PhaseEngine:
         walk_next = self._walks_for(target)
         for i in self._peds_of[stage]:
             # A crossing ends its stage only once its walk and clearance are done, unless it
-            # walks on in the next stage.
-            if self._signals[i] is Signal.GREEN and i in walk_next:
+            # walks on in the next stage. A clearance that ends at this very step counts as
+            # done (it turns RED below, in the same output), so the stage runs exactly as long
+            # as its crossing needs, not a step more.
+            sig = self._signals[i]
+            if sig is Signal.GREEN and i in walk_next:
                 continue
-            if self._signals[i].is_open:
+            if sig is Signal.GREEN:
+                return
+            if sig is Signal.PED_CLEARANCE and not _reached(
+                now - self._green_end[i], self._x.clearance[i]
+            ):
                 return
         if not self._standing.end_green:
             self._stats.max_outs += 1

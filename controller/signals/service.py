@@ -31,7 +31,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from devices.lights import PayloadError, Topics, decode
 from devices.modbus import CabinetError, CabinetLink
 from devices.mqtt import LinkDown, MqttLink
 
-__all__ = ["IntersectionRunner", "RunnerStats", "SignalsService", "link_for"]
+__all__ = ["IntersectionRunner", "RunnerStats", "SignalsService", "link_for", "with_cabinets"]
 
 log = logging.getLogger("cityctl.signals")
 
@@ -76,6 +76,21 @@ class RunnerStats:
     max_step_lag_s: float = 0.0
     alarms_raised: int = 0
     by_sync: dict[str, int] = field(default_factory=dict)
+
+
+def with_cabinets(
+    xs: Sequence[Intersection], addresses: Mapping[str, tuple[str, int]]
+) -> list[Intersection]:
+    """The intersections with their cabinets moved to ``addresses`` (id → host, port)."""
+    out = []
+    for x in xs:
+        if x.id not in addresses:
+            out.append(x)
+            continue
+        host, port = addresses[x.id]
+        cab = x.config.cabinet.model_copy(update={"host": host, "port": port})
+        out.append(Intersection.build(x.config.model_copy(update={"cabinet": cab})))
+    return out
 
 
 def link_for(x: Intersection, *, name: str = "") -> CabinetLink:
@@ -390,8 +405,10 @@ class SignalsService:
         topics: Topics,
         local_time: Callable[[], dt.datetime],
         adaptive: AdaptiveConfig | None = None,
+        summary_s: float = 60.0,
     ) -> None:
         self.settings = settings
+        self.summary_s = summary_s
         self.monotonic = monotonic
         self.mqtt = mqtt
         self.topics = topics
@@ -452,10 +469,14 @@ class SignalsService:
             asyncio.create_task(self._run_one(r), name=f"signals {xid}")
             for xid, r in self.runners.items()
         ]
+        last_summary = self.monotonic()
         try:
             while True:
                 await asyncio.sleep(1.0)
                 await self._publish_status()
+                if self.monotonic() - last_summary >= self.summary_s:
+                    last_summary = self.monotonic()
+                    self._log_summary()
                 for t in tasks:
                     if t.done() and not t.cancelled() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
@@ -468,6 +489,35 @@ class SignalsService:
             for r in self.runners.values():
                 with contextlib.suppress(Exception):
                     await r.link.close()
+
+    def _log_summary(self) -> None:
+        """One line per intersection: who drives, the stage, queues, changes, safety."""
+        for xid, r in self.runners.items():
+            out = r.control.output
+            view = r.control.view
+            queues = ""
+            if view is not None:
+                waiting = [
+                    f"{g.group} {g.queue:.0f}"
+                    for g in view.groups
+                    if g.kind.value == "vehicle" and g.queue >= 0.5
+                ]
+                queues = ", ".join(waiting) or "none"
+            cab = r.cabinet
+            log.info(
+                "signals %s: %s, %s %s (%s), queues: %s; %d stage changes, %d violations, "
+                "cabinet %s%s",
+                xid,
+                r.sync,
+                out.phase,
+                out.stage or "-",
+                r.control.strategies.current(r.local_time()).name,
+                queues,
+                r.control.stats.stage_changes,
+                r.control.stats.violations,
+                cab.mode.name if cab else "unknown",
+                f" fault {cab.fault.name}" if cab and cab.fault else "",
+            )
 
     async def _run_one(self, r: IntersectionRunner) -> None:
         step = self.settings.step_s

@@ -302,13 +302,14 @@ def webster_plan(
             best = (cost, greens)
         c += 1.0
     assert best is not None
-    greens = best[1]
-    cycle = lost + sum(greens)
+    # Round the greens up to 0.1 s (never below a minimum) and make the cycle their sum.
+    greens = [math.ceil(g * 10 - 1e-6) / 10 for g in best[1]]
+    cycle = round(lost + sum(greens), 1)
     return FixedPlanConfig(
         name=name,
-        cycle_s=round(cycle, 1),
+        cycle_s=cycle,
         offset_s=offset_s,
-        greens={sid: round(g, 1) for sid, g in zip(seq, greens, strict=True)},
+        greens=dict(zip(seq, greens, strict=True)),
     )
 
 
@@ -386,6 +387,9 @@ class Actuated:
         self.timing = StageTiming(x)
         self.gap_s = gap_s
         self.recall = frozenset(x.index[g] for g in recall)
+        self._recall_peds = frozenset(
+            x.groups[i].id for i in self.recall if x.groups[i].kind is GroupKind.PEDESTRIAN
+        )
         self._vehicles = {
             sid: tuple(i for i in m if x.groups[i].kind is GroupKind.VEHICLE) for sid, m in x.stages
         }
@@ -410,7 +414,7 @@ class Actuated:
         return None
 
     def decide(self, now: float, out: EngineOutput, view: TrafficView) -> Request:
-        peds = called_peds(self.x, view)
+        peds = called_peds(self.x, view) | self._recall_peds
         if out.phase != "green" or out.stage is None:
             return _hold_in_clearance(out, peds)
         nxt = self.next_stage(out.stage, view)
@@ -433,8 +437,8 @@ class Actuated:
 class AdaptiveConfig:
     """Tuning of :class:`Adaptive`; the defaults suit urban intersections."""
 
-    horizon_s: float = 120.0
-    """Look-ahead of each evaluation (about one to two cycles)."""
+    horizon_s: float = 180.0
+    """Look-ahead of each evaluation (one to two cycles at high demand)."""
     decision_interval_s: float = 1.0
     """How often the decision is re-evaluated while a stage may end."""
     holds_s: tuple[float, ...] = (2.0, 4.0, 7.0, 11.0, 16.0, 24.0)
@@ -450,8 +454,14 @@ class AdaptiveConfig:
     """Expected further wait of a vehicle still queued at the end of the horizon."""
     ped_weight: float = 1.0
     """Weight of a waiting pedestrian against a waiting vehicle."""
-    max_wait_s: float = 120.0
-    """Starvation guard: a group that has called this long is served next, whatever it costs."""
+    ped_defer_s: float = 60.0
+    """A called crossing may be left for its stage's next turn (when walking it would hold the
+    stage longer than its traffic needs) until it has waited this long."""
+    max_wait_s: float = 180.0
+    """Starvation guard: a vehicle group that has called this long is served next, whatever it
+    costs (near saturation a tighter guard forces short, wasteful greens)."""
+    ped_max_wait_s: float = 120.0
+    """Starvation guard for crossings: a crossing called this long is served next."""
     tie_tolerance: float = 0.02
     """Costs within this share are a tie: the stage with more waiting (pressure) wins."""
     platoon_s: float = 20.0
@@ -520,6 +530,7 @@ class Adaptive:
         )
         self._weight = tuple(c.ped_weight if p else 1.0 for p in self._is_ped)
         self._walk_s = tuple(g.min_green_total_s for g in x.groups)
+        self._limit = tuple(c.ped_max_wait_s if p else c.max_wait_s for p in self._is_ped)
         self._known_s = [0.0] * n  # how far ahead the upstream loops see each group
         for d in x.config.detectors:
             if d.kind.value == "upstream":
@@ -563,7 +574,13 @@ class Adaptive:
             self._last = None
             return _hold_in_clearance(out, peds)
         stage = out.stage
-        here_peds = frozenset(self.x.groups[i].id for i in self.timing.peds[stage])
+        # A crossing of the running stage that was left out at its start walks late once it
+        # has waited ped_defer_s (the engine serves it while the stage runs).
+        here_peds = frozenset(
+            self.x.groups[i].id
+            for i in self.timing.peds[stage]
+            if not self._waited(now, view, i, self.cfg.ped_defer_s)
+        )
         last = self._last
         fresh = (
             last is not None
@@ -594,29 +611,49 @@ class Adaptive:
         req = self._evaluate(now, out, view, targets, peds, here_peds)
         return req
 
+    @staticmethod
+    def _waited(now: float, view: TrafficView, i: int, limit: float) -> bool:
+        g = view.groups[i]
+        return g.call and g.call_since is not None and now - g.call_since >= limit
+
+    def _may_defer(self, now: float, stage: str, view: TrafficView) -> bool:
+        """Whether ``stage``'s called crossings may wait for its next turn: none of them has
+        waited ``ped_defer_s`` yet."""
+        called = [i for i in self.timing.peds[stage] if view.groups[i].call]
+        if not called:
+            return False
+        for i in called:
+            since = view.groups[i].call_since
+            if since is not None and now - since >= self.cfg.ped_defer_s:
+                return False
+        return True
+
     def _min_left(self, now: float, out: EngineOutput, stage: str, nxt: str) -> float:
         leaving = self.timing.members[stage] - self.timing.members[nxt]
         return stage_min_left(out, leaving, now)
 
     def _guard(self, now: float, stage: str, view: TrafficView) -> str | None:
-        """The stage to serve at once because a group has waited ``max_wait_s``, if any."""
+        """The stage to serve at once because a group has waited its limit, if any.
+
+        The limit is ``max_wait_s`` for vehicles and ``ped_max_wait_s`` for pedestrians (who
+        give up and cross against the red long before a driver gives up).
+        """
         here = self.timing.members[stage]
+        limit = self._limit
         worst: tuple[float, int] | None = None
         for i, g in enumerate(view.groups):
             if i in here or not g.call or g.call_since is None:
                 continue
-            wait = now - g.call_since
-            if wait >= self.cfg.max_wait_s and (worst is None or wait > worst[0]):
-                worst = (wait, i)
+            over = (now - g.call_since) / limit[i]
+            if over >= 1.0 and (worst is None or over > worst[0]):
+                worst = (over, i)
         if worst is None:
             return None
         i = worst[1]
         starving = {
             k
             for k, g in enumerate(view.groups)
-            if g.call
-            and g.call_since is not None
-            and now - g.call_since >= self.cfg.max_wait_s * 0.75
+            if g.call and g.call_since is not None and now - g.call_since >= limit[k] * 0.75
         }
         best = max(
             (sid for sid in self.timing.ids if i in self.timing.members[sid]),
@@ -657,8 +694,16 @@ class Adaptive:
         model = _FluidModel(self, now, out, view)
         costs: dict[str, float] = {}
         best_switch: tuple[float, float, str] | None = None
+        defer: set[str] = set()  # targets better entered without walking their crossings
         for s in targets:
-            cost = model.rollout(stage, self._min_left(now, out, stage, s), s)
+            min_left = self._min_left(now, out, stage, s)
+            cost = model.rollout(stage, min_left, s)
+            if self._may_defer(now, s, view):
+                no_walk = model.rollout(stage, min_left, s, walk=False)
+                costs[f"switch:{s}:no-walk"] = no_walk
+                if no_walk < cost:
+                    cost = no_walk
+                    defer.add(s)
             costs[f"switch:{s}"] = cost
             key = (cost, -self._pressure(s, stage, view), s)
             if best_switch is None or key < best_switch:
@@ -677,10 +722,15 @@ class Adaptive:
         if min_left < clear < max_left:
             holds.add(clear)
         best_hold = math.inf
+        walk_next = nxt not in defer
         for h in sorted(holds):
-            cost = model.rollout(stage, h, nxt)
+            cost = model.rollout(stage, h, nxt, walk=walk_next)
             costs[f"hold:{h:g}"] = cost
             best_hold = min(best_hold, cost)
+        if not walk_next:
+            # Deferred crossings of the next stage are left out of the request, so the engine
+            # enters it without their walks.
+            peds = peds - frozenset(self.x.groups[i].id for i in self.timing.peds[nxt])
         self.evaluations += 1 + len(targets) + len(holds)
         if best_hold < switch_cost:
             # Holding: a crossing of this stage that calls may still walk if its walk and
@@ -761,8 +811,12 @@ class _FluidModel:
             worst = max(worst, start + q / (mu - lam) + self.c.clear_margin_s)
         return worst
 
-    def rollout(self, stage: str, end_in: float, nxt: str) -> float:
-        """Cost of: the running stage ends in ``end_in`` s, ``nxt`` follows, then the base policy."""
+    def rollout(self, stage: str, end_in: float, nxt: str, *, walk: bool = True) -> float:
+        """Cost of: the running stage ends in ``end_in`` s, ``nxt`` follows, then the base policy.
+
+        ``walk=False``: ``nxt`` is entered without walking its crossings (they wait for the
+        stage's next turn), so it needs only its vehicles' green.
+        """
         a, c, n = self.a, self.c, self.n
         timing = a.timing
         mu = a._mu
@@ -841,6 +895,8 @@ class _FluidModel:
             starts = timing.starts[cur][nxt_stage]
             ped_waits = False
             for j, off in starts.items():
+                if a._is_ped[j] and guard == 1 and not walk:
+                    continue
                 if a._is_ped[j]:
                     # a crossing is served by its walk only: who comes later waits
                     at = end_at + off

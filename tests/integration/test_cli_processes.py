@@ -202,3 +202,104 @@ async def test_cityctl_sim_lights_and_fault(
         proc.send_signal(signal.SIGINT)
         rc = await asyncio.wait_for(proc.wait(), 15)
     assert rc == 0
+
+
+async def test_cityctl_run_drives_simulated_cabinets_over_modbus(
+    mosquitto: Mosquitto,
+    mqtt_prefix: str,
+    observer: tuple[MqttLink, dict[str, bytes]],
+    tmp_path: Path,
+) -> None:
+    """Three processes: `cityctl sim cabinets` (Modbus TCP + cameras on MQTT), `cityctl run`
+    pointed at them with --cabinet, and this test reading the retained status topics."""
+    import json
+    import socket
+
+    _, seen = observer
+    cfg = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cfg["mqtt"] = {"url": mosquitto.url, "prefix": mqtt_prefix}
+    path = tmp_path / "city.yaml"
+    path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    xids = [x["id"] for x in cfg["signals"]["intersections"]]
+    # two consecutive free ports for the cabinets
+    base = 0
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            cand = s.getsockname()[1]
+        if cand + len(xids) < 65535:
+            ok = True
+            for k in range(len(xids)):
+                with socket.socket() as s2:
+                    try:
+                        s2.bind(("127.0.0.1", cand + k))
+                    except OSError:
+                        ok = False
+            if ok:
+                base = cand
+                break
+    assert base
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sim = await asyncio.create_subprocess_exec(
+        *CITYCTL,
+        "sim",
+        "cabinets",
+        "--config",
+        str(path),
+        "--port-base",
+        str(base),
+        "--broker",
+        mosquitto.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    flags = [a for k, xid in enumerate(xids) for a in ("--cabinet", f"{xid}=127.0.0.1:{base + k}")]
+    run = await asyncio.create_subprocess_exec(
+        *CITYCTL,
+        "run",
+        "--config",
+        str(path),
+        *flags,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    topics = Topics(mqtt_prefix)
+
+    def status(xid: str) -> dict[str, object]:
+        raw = seen.get(f"{topics.root}/signals/{xid}/status")
+        return json.loads(raw) if raw else {}
+
+    try:
+        assert await wait_for(lambda: all(status(x).get("sync") == "control" for x in xids), 30), {
+            x: status(x).get("sync") for x in xids
+        }
+        # cameras publish on the broker and the controller counts their messages
+        assert await wait_for(
+            lambda: any("/camera/" in t for t in seen), 20, what="a camera message"
+        )
+
+        def cameras_fed() -> bool:
+            st = status(xids[0]).get("stats")
+            return isinstance(st, dict) and int(st.get("camera_messages", 0)) > 0
+
+        assert await wait_for(cameras_fed, 20)
+        st = status(xids[0])
+        print(
+            f"{xids[0]}: sync {st['sync']}, cabinet {st['cabinet']}, stage {st['stage']}, "
+            f"strategy {st['strategy']}, alarms {st['alarms']}"
+        )
+        assert st["cabinet"] == {"up": True, "mode": "FOLLOWING", "fault": None}
+        control = st["control"]
+        assert isinstance(control, dict) and control["violations"] == 0
+    finally:
+        run.send_signal(signal.SIGINT)
+        rc_run = await asyncio.wait_for(run.wait(), 20)
+        sim.send_signal(signal.SIGINT)
+        rc_sim = await asyncio.wait_for(sim.wait(), 20)
+        if rc_run or rc_sim:
+            for proc in (run, sim):
+                assert proc.stdout is not None
+                print((await proc.stdout.read()).decode()[-3000:])
+    assert rc_run == 0 and rc_sim == 0

@@ -45,3 +45,9 @@ async def test_demo_runs_a_night_with_faults(caplog: pytest.LogCaptureFixture) -
     assert following >= 150, following
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+    # both intersections were handed over by their simulated cabinets and ran safely
+    for xid in ("ql1a-lct", "ql1a-thd"):
+        assert f"{xid}: cabinet handed over: starting from all red" in text
+        line = text.split(f"demo over, {xid}: ")[1].split("\n")[0]
+        assert line.startswith("control, "), line
+        assert "0 controller safety violations, 0 cabinet monitor faults" in line, line

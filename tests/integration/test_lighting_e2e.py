@@ -164,7 +164,7 @@ async def rig(mosquitto: Mosquitto, mqtt_prefix: str) -> AsyncIterator[Rig]:
     observer = Observer(obs_link, topics)
     obs_link.subscribe(f"{topics.root}/#", observer.on_message)
     obs_task = asyncio.create_task(obs_link.run())
-    controller = Controller(cfg, clock=clock, mqtt=settings)
+    controller = Controller(cfg, clock=clock, mqtt=settings, signals=False)
     await sim.start(wait_s=30)
     await controller.start()
     assert await obs_link.wait_connected(10)
@@ -272,7 +272,7 @@ async def test_controller_restart_recomputes_instead_of_replaying(rig: Rig) -> N
         5,
     )
     rig.clock.set(dt.datetime(2026, 11, 26, 0, 40, tzinfo=LOCAL))  # two transitions later
-    fresh = Controller(rig.cfg, clock=rig.clock, mqtt=rig.controller.link.settings)
+    fresh = Controller(rig.cfg, clock=rig.clock, mqtt=rig.controller.link.settings, signals=False)
     rig.controller = fresh
     await fresh.start()
     assert await fresh.link.wait_connected(10)

@@ -133,11 +133,11 @@ def test_a_served_crossing_walks_clears_and_holds_its_stage() -> None:
     assert _groups(b, b.engine.output, G) == NS_T
     b.until(lambda o: o.phase == "clearance", Request("EW_T", end_green=True))
     # the walk is exactly 7 s, the clearance 12 m / 1.2 m/s = 10 s, then red: the vehicles
-    # keep their green meanwhile and end one step after the crossing is red
+    # keep their green meanwhile and end in the same output in which the crossing turns red
     for gid in ("P_E", "P_W"):
         assert b.when(gid, P) == 10.0 and b.count(gid, P) == 100
         assert b.when(gid, R, after=10.0) == 20.0
-    assert b.when("N_T", Y) == pytest.approx(20.1)
+    assert b.when("N_T", Y) == pytest.approx(20.0)
     assert b.monitor.total == 0
 
 
@@ -240,7 +240,7 @@ def test_overlap_groups_stay_green() -> None:
     ps = x.groups[x.index["P_S"]]
     assert b.when("P_S", P) == pytest.approx(3.0 + ps.walk_s)
     ped_done = 3.0 + ps.walk_s + x.clearance[x.index["P_S"]]
-    end = max(13.0, round(ped_done + 0.1, 1))
+    end = max(13.0, round(ped_done, 1))
     assert b.when("W_T", Y) == pytest.approx(end)
     # E_L waits for W_T's intergreen; the crossing's intergreen has long run out
     el, wt = x.index["E_L"], x.index["W_T"]
