@@ -459,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--demand", action="append", help="low, medium or high (repeatable)")
     bs.add_argument("--strategy", action="append", help="fixed, actuated or adaptive (repeatable)")
     bs.add_argument("--minutes", type=float, default=60.0, help="simulated minutes per run")
-    bs.add_argument("--seeds", type=int, default=3, help="runs per cell, seeds 1..N")
+    bs.add_argument("--seeds", type=int, default=5, help="runs per cell, seeds 1..N")
     bs.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     bs.add_argument("--plot", metavar="PNG", help="also write a bar chart of mean delay")
     bs.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

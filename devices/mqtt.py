@@ -18,7 +18,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -167,6 +167,7 @@ class MqttLink:
 
     def __post_init__(self) -> None:
         self._online.set()
+        self._client_log = _ClientLog(self)
 
     @property
     def connected(self) -> bool:
@@ -223,6 +224,7 @@ class MqttLink:
             client = aiomqtt.Client(
                 s.host,
                 s.port,
+                logger=cast(logging.Logger, self._client_log),
                 identifier=s.client_id,
                 username=s.username,
                 password=s.password,
@@ -315,6 +317,11 @@ class MqttLink:
                 await task
         self._connected.clear()
 
+    @property
+    def aborted(self) -> bool:
+        """True between :meth:`abort` and :meth:`resume`."""
+        return not self._online.is_set()
+
     def abort(self) -> None:
         """Drop the connection without a DISCONNECT (a cut cable): the broker fires the will.
 
@@ -327,6 +334,20 @@ class MqttLink:
     def resume(self) -> None:
         """Reconnect after :meth:`abort`."""
         self._online.set()
+
+
+class _ClientLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """paho's and aiomqtt's log, with the errors of a connection we cut on purpose
+    (:meth:`MqttLink.abort`: a simulated cut cable) told as what they are: expected."""
+
+    def __init__(self, link: MqttLink) -> None:
+        super().__init__(logging.getLogger("mqtt"), {})
+        self._link = link
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR and self._link.aborted:
+            level = logging.INFO
+        super().log(level, msg, *args, **kwargs)
 
 
 def _cut(client: aiomqtt.Client) -> None:

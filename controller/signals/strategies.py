@@ -450,10 +450,15 @@ class AdaptiveConfig:
     """The base policy serves a stage once one of its groups queues this many (veh / peds)."""
     clear_margin_s: float = 1.5
     """The base policy keeps a green this long after its queue is predicted to clear."""
-    terminal_wait_s: float = 20.0
+    terminal_wait_s: float = 10.0
     """Expected further wait of a vehicle still queued at the end of the horizon."""
     ped_weight: float = 1.0
     """Weight of a waiting pedestrian against a waiting vehicle."""
+    terminal_share: bool = True
+    """Queues left at the horizon drain only during their own greens (see ``_share``)."""
+    age_s: float = 0.0
+    """Ageing of waiting groups: the weight of a group that has called for ``w`` seconds is
+    multiplied by ``1 + (w / age_s)²`` (0: off)."""
     ped_defer_s: float = 60.0
     """A called crossing may be left for its stage's next turn (when walking it would hold the
     stage longer than its traffic needs) until it has waited this long."""
@@ -531,6 +536,19 @@ class Adaptive:
         self._weight = tuple(c.ped_weight if p else 1.0 for p in self._is_ped)
         self._walk_s = tuple(g.min_green_total_s for g in x.groups)
         self._limit = tuple(c.ped_max_wait_s if p else c.max_wait_s for p in self._is_ped)
+        # The share of the cycle a group can get at most: its stages' max greens over all
+        # stages'. A queue left at the horizon drains only during its own greens, so a group
+        # with a small share drains its backlog over more cycles (see the rollout's tail).
+        total_max = sum(self.timing.max_green.values()) or 1.0
+        self._share = tuple(
+            min(
+                1.0,
+                sum(self.timing.max_green[sid] for sid, m in x.stages if i in m) / total_max,
+            )
+            if c.terminal_share
+            else 1.0
+            for i in range(n)
+        )
         self._known_s = [0.0] * n  # how far ahead the upstream loops see each group
         for d in x.config.detectors:
             if d.kind.value == "upstream":
@@ -760,6 +778,13 @@ class _FluidModel:
         self.rates: list[list[tuple[float, float]]] = []
         self.masses: list[list[float]] = []
         self.weight = list(a._weight)
+        if c.age_s > 0:
+            # Ageing: who has already waited long counts more, so the rollout's one-second
+            # view does not keep finding that "a little longer" for the big flow is cheaper
+            # while a small one starves.
+            for i, g in enumerate(view.groups):
+                if g.call and g.call_since is not None:
+                    self.weight[i] *= 1.0 + ((now - g.call_since) / c.age_s) ** 2
         lam = [max(0.0, g.arrivals_vph) / 3600.0 for g in view.groups]
         platoons = []
         if a._arterial:
@@ -959,7 +984,9 @@ class _FluidModel:
             qi = q[i]
             tail = 0.0
             if qi > 0 and mu[i] != math.inf:
-                tail = qi * qi / (2 * mu[i]) + (0.0 if dis[i] else qi * c.terminal_wait_s)
+                tail = qi * qi / (2 * mu[i] * a._share[i]) + (
+                    0.0 if dis[i] else qi * c.terminal_wait_s
+                )
             elif qi > 0:
                 tail = 0.0 if dis[i] else qi * c.terminal_wait_s
             total += w[i] * (area[i] + tail)
