@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from controller.aio import cancel_and_wait
 from controller.clock import ScaledClock
 from controller.config import CityConfig
 from controller.runtime import Controller
@@ -243,11 +244,13 @@ async def run_demo(
         else:
             await asyncio.sleep(duration_s)
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        # Who drove the heads when the demo ended (stopping the controller ends that).
+        syncs = (
+            {xid: r.sync for xid, r in controller.signals.runners.items()}
+            if controller is not None and controller.signals is not None
+            else {}
+        )
+        await cancel_and_wait(tasks)
         if controller is not None:
             await controller.stop()
         await counters_link.close()
@@ -263,7 +266,7 @@ async def run_demo(
                 "demo over, %s: %s, %d stage changes, %d controller safety violations, "
                 "%d cabinet monitor faults, %d hand-overs",
                 xid,
-                r.sync,
+                syncs.get(xid, r.sync),
                 r.control.stats.stage_changes,
                 r.control.stats.violations,
                 cab.stats.faults,

@@ -4,11 +4,11 @@ start and stop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
 
+from controller.aio import cancel_and_wait
 from controller.clock import Clock, SystemClock
 from controller.config import CityConfig
 from controller.lighting.service import LightingService
@@ -105,11 +105,7 @@ class Controller:
         await self.link.close(
             goodbye=(self.topics.controller_availability(self.cfg.controller.id), OFFLINE.encode())
         )
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         log.info("controller %s stopped", self.cfg.controller.id)
 

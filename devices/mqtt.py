@@ -311,10 +311,15 @@ class MqttLink:
                 await client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
         task = self._run_task
         self._online.set()
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and task is not asyncio.current_task():
+            # Cancel until it ends: Python 3.11's asyncio.wait_for (inside aiomqtt) can swallow
+            # a cancellation that arrives together with the result it waits for.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
+            if not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.result()
         self._connected.clear()
 
     @property

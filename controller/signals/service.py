@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.aio import cancel_and_wait
 from controller.diagnostics import DropCounter
 from controller.signals.control import IntersectionControl, LocalTime
 from controller.signals.model import DetectorKind, Intersection, Signal, SignalsSettings
@@ -481,11 +482,7 @@ class SignalsService:
                     if t.done() and not t.cancelled() and t.exception() is not None:
                         raise t.exception()  # type: ignore[misc]
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_and_wait(tasks)
             for r in self.runners.values():
                 with contextlib.suppress(Exception):
                     await r.link.close()

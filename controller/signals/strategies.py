@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -471,8 +472,10 @@ class AdaptiveConfig:
     """Costs within this share are a tie: the stage with more waiting (pressure) wins."""
     platoon_s: float = 20.0
     """Coordination: how long an upstream platoon takes to pass."""
-    platoon_gain: float = 1.5
-    """Coordination: arrival rate during a platoon, as a multiple of the mean rate, added."""
+    platoon_share: float = 0.7
+    """Coordination: share of the arterial's vehicles that arrive in the upstream platoons."""
+    platoon_cycle_s: float = 90.0
+    """Coordination: the upstream cycle assumed until two upstream greens have been seen."""
     arterial_weight: float = 1.3
     """Coordination: weight of the arterial's vehicles while a platoon is due."""
 
@@ -786,12 +789,27 @@ class _FluidModel:
                 if g.call and g.call_since is not None:
                     self.weight[i] *= 1.0 + ((now - g.call_since) / c.age_s) ** 2
         lam = [max(0.0, g.arrivals_vph) / 3600.0 for g in view.groups]
-        platoons = []
-        if a._arterial:
-            for t_up in a._upstream:
+        # Coordination: the upstream arterial greens release platoons that arrive here
+        # travel_time_s later. The next upstream greens are extrapolated with the upstream
+        # cycle (the median of the gaps between the greens seen). A share ``platoon_share`` of
+        # the arterial's vehicles comes in the platoons, the rest spread over the cycle.
+        platoons: list[tuple[float, float]] = []
+        cycle = c.platoon_cycle_s
+        if a._arterial and a._upstream:
+            ups = list(a._upstream)
+            gaps = sorted(b - a_ for a_, b in itertools.pairwise(ups) if b - a_ > 1.0)
+            if gaps:
+                cycle = gaps[len(gaps) // 2]
+                nxt_up = ups[-1] + cycle
+                while nxt_up + a._travel_s - now < c.horizon_s and len(ups) < 16:
+                    ups.append(nxt_up)
+                    nxt_up += cycle
+            for t_up in ups:
                 t0 = t_up + a._travel_s - now
                 if t0 + c.platoon_s > 0 and t0 < c.horizon_s:
                     platoons.append((max(0.0, t0), t0 + c.platoon_s))
+        share = c.platoon_share
+        dense = max(1.0, cycle / c.platoon_s)
         for i, g in enumerate(view.groups):
             known = a._known_s[i] if g.approaching or a._known_s[i] > 0 else 0.0
             pieces: list[tuple[float, float]] = []
@@ -803,13 +821,19 @@ class _FluidModel:
                 self.masses.append([])
             pieces.append((known, lam[i]))
             if i in a._arterial and platoons:
-                pts = {known}
+                last = max(p1 for _, p1 in platoons)
+                pts = {known, max(known, last)}
                 for p0, p1 in platoons:
                     pts.update((max(p0, known), max(p1, known)))
                 pieces = [(0.0, 0.0)] if known > 0 else []
                 for t in sorted(pts):
-                    extra = sum(lam[i] * c.platoon_gain for p0, p1 in platoons if p0 <= t < p1)
-                    pieces.append((t, lam[i] + extra))
+                    if t >= last:
+                        rate = lam[i]  # beyond the predicted platoons: the mean
+                    elif any(p0 <= t < p1 for p0, p1 in platoons):
+                        rate = lam[i] * ((1.0 - share) + share * dense)
+                    else:
+                        rate = lam[i] * (1.0 - share)
+                    pieces.append((t, rate))
                 self.weight[i] *= c.arterial_weight
             self.rates.append(pieces)
         self.lam = lam
