@@ -241,6 +241,12 @@ class IntersectionRunner:
                 self._set_sync("cabinet_fault")
             return
         self._clear("cabinet_fault")
+        if self.sync == "cabinet_fault":
+            # The fault was reset (by a person, here or at the cabinet): hand over again.
+            log.info(
+                "%s: cabinet fault cleared (%s): handing over through all red", self.x.id, mode.name
+            )
+            self._set_sync("handover")
         if self.sync == "flash":
             return
         if self.sync == "control":

@@ -1118,9 +1118,7 @@ def test_adaptive_keeps_the_arterial_green_for_a_platoon_from_upstream() -> None
         b = Bench(x, Adaptive(x, upstream_greens=upstream))
         b.run(1000.0, Fluid(x, vph))
         nt = x.index["N_T"]
-        inside = [
-            o.signals[nt] is G for o in b.trace if any(w0 <= o.t < w1 for w0, w1 in windows)
-        ]
+        inside = [o.signals[nt] is G for o in b.trace if any(w0 <= o.t < w1 for w0, w1 in windows)]
         return sum(inside) / len(inside)
 
     with_feed, without = share_green_in_windows(True), share_green_in_windows(False)
