@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.bench import finish_figure
 from controller.config import CityConfig, LightGroup, LightingClass
 from controller.lighting.traffic_class import ClassSelector, class_level
 from schedules.energy import LampPowerModel
@@ -572,11 +573,4 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
         f"({total['saving_pct']:.1f} % saved, {total['below_required_h']:g} h below the required class)",
         fontsize=10,
     )
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return finish_figure(fig, ax, path)

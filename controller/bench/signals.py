@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controller.bench import finish_figure
 from controller.config import CityConfig
 from controller.signals.control import IntersectionControl
 from controller.signals.model import GroupKind, Intersection, StrategyConfig
@@ -306,11 +307,4 @@ def plot_result(result: dict[str, Any], path: str | Path) -> Path:
         f"{result['duration_s'] / 60:g} min per cell; safety violations: {result['violations']}",
         fontsize=10,
     )
-    ax.legend()
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return finish_figure(fig, ax, path)

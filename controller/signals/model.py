@@ -33,6 +33,7 @@ __all__ = [
     "GroupKind",
     "Intersection",
     "IntersectionConfig",
+    "RingBarrierConfig",
     "Signal",
     "SignalGroupConfig",
     "SignalsSettings",
@@ -204,6 +205,36 @@ class StageConfig(_Strict):
     groups: list[Ident] = Field(min_length=1)
 
 
+class RingBarrierConfig(_Strict):
+    """A NEMA-style dual-ring layout, as an alternative to listing the stages.
+
+    ``phases`` names each phase (``"1"`` … ``"8"`` by NEMA habit) and the signal groups it
+    drives; ``rings`` lists, per ring, its barrier groups in order, each a list of phases in
+    their sequence. Every barrier group must exist in every ring. The stages are then all
+    combinations of one phase per ring within the same barrier group (phases 1+5, 1+6, 2+5, 2+6
+    for the standard layout), in barrier order, with ids such as ``"1_5"``.
+    """
+
+    phases: dict[Ident, list[Ident]] = Field(min_length=2)
+    rings: list[list[list[Ident]]] = Field(min_length=1, max_length=4)
+
+    def stages(self) -> list[StageConfig]:
+        """The stages this layout allows (not yet checked for conflicts)."""
+        out: list[StageConfig] = []
+        n_barriers = max(len(r) for r in self.rings)
+        for b in range(n_barriers):
+            per_ring = [ring[b] for ring in self.rings if b < len(ring) and ring[b]]
+            for combo in itertools.product(*per_ring):
+                groups: list[str] = []
+                for ph in combo:
+                    for g in self.phases.get(ph, []):
+                        if g not in groups:
+                            groups.append(g)
+                if groups:
+                    out.append(StageConfig(id="_".join(combo), groups=groups))
+        return out
+
+
 class FixedPlanConfig(_Strict):
     """A fixed-time plan: stage sequence with green times; the cycle is their sum + intergreens."""
 
@@ -274,7 +305,12 @@ class IntersectionConfig(_Strict):
     intergreens: dict[Ident, dict[Ident, float]] = Field(
         default_factory=dict, description="Override: end of green of A → start of green of B, s."
     )
-    stages: list[StageConfig] = Field(min_length=2)
+    stages: list[StageConfig] = Field(
+        default_factory=list, description="Sets of groups green together (or ring_barrier)."
+    )
+    ring_barrier: RingBarrierConfig | None = Field(
+        default=None, description="NEMA dual-ring layout from which the stages are derived."
+    )
     detectors: list[DetectorConfig] = Field(default_factory=list)
     fixed_plans: list[FixedPlanConfig] = Field(default_factory=list)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
@@ -388,20 +424,48 @@ class Intersection:
         stages: list[tuple[str, frozenset[int]]] = []
         seen_stage: set[str] = set()
         covered: set[int] = set()
-        for k, st in enumerate(cfg.stages):
+        stage_cfgs = list(cfg.stages)
+        where = "stages"
+        if cfg.ring_barrier is not None:
+            where = "ring_barrier"
+            if cfg.stages:
+                problems.append("ring_barrier: give either stages or ring_barrier, not both")
+            rb = cfg.ring_barrier
+            for ph, phase_groups in rb.phases.items():
+                for pos, pgid in enumerate(phase_groups):
+                    if pgid not in index:
+                        problems.append(
+                            f"ring_barrier.phases.{ph}[{pos}]: unknown group {pgid!r}"
+                        )
+            barriers = {len(r) for r in rb.rings}
+            if len(barriers) != 1:
+                problems.append("ring_barrier.rings: every ring needs the same barrier groups")
+            for r_, ring in enumerate(rb.rings):
+                for bi, phases in enumerate(ring):
+                    for p_, ph in enumerate(phases):
+                        if ph not in rb.phases:
+                            problems.append(
+                                f"ring_barrier.rings[{r_}][{bi}][{p_}]: unknown phase {ph!r}"
+                            )
+            stage_cfgs = rb.stages()
+        if len(stage_cfgs) < 2:
+            problems.append(f"{where}: at least two stages are needed")
+        for k, st in enumerate(stage_cfgs):
+            at = f"stages[{k}]" if where == "stages" else f"ring_barrier (stage {st.id})"
             if st.id in seen_stage:
-                problems.append(f"stages[{k}].id: duplicate stage {st.id!r}")
+                problems.append(f"{at}.id: duplicate stage {st.id!r}")
             seen_stage.add(st.id)
             members: set[int] = set()
             for m, gid in enumerate(st.groups):
                 if gid not in index:
-                    problems.append(f"stages[{k}].groups[{m}]: unknown group {gid!r}")
+                    if where == "stages":
+                        problems.append(f"{at}.groups[{m}]: unknown group {gid!r}")
                 else:
                     members.add(index[gid])
             for i, j in itertools.combinations(sorted(members), 2):
                 if conflict[i][j]:
                     problems.append(
-                        f"stages[{k}]: groups {cfg.groups[i].id} and {cfg.groups[j].id} conflict "
+                        f"{at}: groups {cfg.groups[i].id} and {cfg.groups[j].id} conflict "
                         "and cannot be green in the same stage"
                     )
             covered |= members

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 from controller.signals.model import ALL_RED_FLOOR_S, GroupKind, Intersection, Signal
 
@@ -53,15 +53,7 @@ ViolationKind = Literal[
     "short_min_green",
     "illegal_transition",
 ]
-VIOLATION_KINDS: Final[tuple[ViolationKind, ...]] = (
-    "conflict",
-    "short_clearance",
-    "skipped_clearance",
-    "short_intergreen",
-    "short_all_red",
-    "short_min_green",
-    "illegal_transition",
-)
+VIOLATION_KINDS: Final[tuple[ViolationKind, ...]] = get_args(ViolationKind)
 
 _OPEN: Final = frozenset({Signal.GREEN, Signal.YELLOW, Signal.PED_CLEARANCE, Signal.RED_AMBER})
 _CLEARING: Final = frozenset({Signal.YELLOW, Signal.PED_CLEARANCE})

@@ -71,9 +71,7 @@ async def site(*, level: float = 0.6, heartbeat_timeout_s: float = 2.0) -> Async
         )
         await cab.start()
         cabinets[x.id] = cab
-        cab_cfg = x.config.cabinet.model_copy(update={"port": cab.port, "host": "127.0.0.1"})
-        xcfg = x.config.model_copy(update={"cabinet": cab_cfg})
-        links[x.id] = link_for(Intersection.build(xcfg))
+        links[x.id] = link_for(with_port(x, cab.port))
     service = SignalsService(
         settings,
         xs,

@@ -16,6 +16,7 @@ from controller.signals.model import (
     GroupKind,
     Intersection,
     IntersectionConfig,
+    RingBarrierConfig,
     Signal,
     SignalGroupConfig,
     StageConfig,
@@ -276,3 +277,78 @@ def test_config_round_trips_through_a_dict() -> None:
     x, y = Intersection.build(cfg), Intersection.build(again)
     assert x.intergreen == y.intergreen and x.conflict == y.conflict and x.stages == y.stages
     assert all(math.isfinite(c) for c in x.clearance)
+
+
+# -- NEMA ring-barrier layout ------------------------------------------------------------------
+
+
+def _nema(**over: object) -> IntersectionConfig:
+    """Eight vehicle phases on the standard dual ring: protected lefts (1, 5, 3, 7) and
+    throughs (2, 6, 4, 8); a left conflicts with the opposing through and with every movement
+    of the cross street."""
+    g = [
+        SignalGroupConfig(id=gid, movement="left" if gid.endswith("L") else "through")
+        for gid in ("N_L", "S_T", "S_L", "N_T", "E_L", "W_T", "W_L", "E_T")
+    ]
+    ns = ["N_L", "S_T", "S_L", "N_T"]
+    ew = ["E_L", "W_T", "W_L", "E_T"]
+    conflicts = [(a, b) for a in ns for b in ew]
+    conflicts += [("N_L", "S_T"), ("S_L", "N_T"), ("E_L", "W_T"), ("W_L", "E_T")]
+    rb = RingBarrierConfig(
+        phases={
+            "1": ["N_L"],
+            "2": ["S_T"],
+            "5": ["S_L"],
+            "6": ["N_T"],
+            "3": ["E_L"],
+            "4": ["W_T"],
+            "7": ["W_L"],
+            "8": ["E_T"],
+        },
+        rings=[[["1", "2"], ["3", "4"]], [["5", "6"], ["7", "8"]]],
+    )
+    data: dict[str, object] = {
+        "id": "nema",
+        "groups": g,
+        "conflicts": conflicts,
+        "ring_barrier": rb,
+    }
+    data.update(over)
+    return IntersectionConfig(**data)  # type: ignore[arg-type]
+
+
+def test_a_ring_barrier_layout_gives_the_nema_stages() -> None:
+    x = Intersection.build(_nema())
+    assert [s for s, _ in x.stages] == ["1_5", "1_6", "2_5", "2_6", "3_7", "3_8", "4_7", "4_8"]
+    members = dict(x.stages)
+    assert {x.groups[i].id for i in members["1_6"]} == {"N_L", "N_T"}  # leading left + through
+    assert {x.groups[i].id for i in members["2_6"]} == {"S_T", "N_T"}
+    # the engine runs it like any stage list
+    from controller.signals.engine import PhaseEngine, Request
+    from controller.signals.safety import SafetyMonitor
+
+    e, m, t = PhaseEngine(x, now=0.0), SafetyMonitor(x), 0.0
+    for target in ["2_6", "3_7", "4_8", "1_5"]:
+        for _ in range(600):
+            t = round(t + 0.1, 6)
+            out = e.step(t, Request(target, end_green=True))
+            assert m.check(t, out.signals) == []
+        assert out.stage == target and out.phase == "green"
+
+
+def test_a_ring_barrier_layout_is_validated() -> None:
+    bad = _nema(
+        ring_barrier=RingBarrierConfig(
+            phases={"1": ["N_L"], "2": ["S_T"], "5": ["E_T"], "6": ["N_T", "X"]},
+            rings=[[["1", "2"]], [["5", "6"], ["9"]]],
+        )
+    )
+    problems = _problems(bad)
+    assert "ring_barrier.phases.6[1]: unknown group 'X'" in problems
+    assert "ring_barrier.rings: every ring needs the same barrier groups" in problems
+    assert "ring_barrier.rings[1][1][0]: unknown phase '9'" in problems
+    assert any(
+        p.startswith("ring_barrier (stage 1_5): groups N_L and E_T conflict") for p in problems
+    )
+    both = _nema(stages=[StageConfig(id="a", groups=["N_T"]), StageConfig(id="b", groups=["E_T"])])
+    assert "ring_barrier: give either stages or ring_barrier, not both" in _problems(both)
