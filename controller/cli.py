@@ -13,6 +13,10 @@ Subcommands::
     cityctl sim cabinets [--config F]          simulated signal cabinets (Modbus TCP) + cameras
     cityctl bench lighting --year Y [--json]   a year of the district: energy and class safety
     cityctl bench signals [--json]             fixed vs actuated vs adaptive on the traffic model
+    cityctl bench sumo --sumocfg F --controller NAME [--json] [--keep DIR]
+                                               one SUMO scenario: delay and displayed safety
+    cityctl sumo import NET                    a SUMO network's traffic lights as config.yaml
+    cityctl sumo scenarios [--out DIR]         build the project's SUMO scenario set
 """
 
 from __future__ import annotations
@@ -464,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--plot", metavar="PNG", help="also write a bar chart of mean delay")
     bs.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     bs.set_defaults(func=cmd_bench_signals)
+
+    from controller.sumo_cli import add_bench_parser, add_sumo_parser
+
+    add_bench_parser(bsub)
+    add_sumo_parser(sub)
     return p
 
 

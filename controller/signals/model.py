@@ -434,9 +434,7 @@ class Intersection:
             for ph, phase_groups in rb.phases.items():
                 for pos, pgid in enumerate(phase_groups):
                     if pgid not in index:
-                        problems.append(
-                            f"ring_barrier.phases.{ph}[{pos}]: unknown group {pgid!r}"
-                        )
+                        problems.append(f"ring_barrier.phases.{ph}[{pos}]: unknown group {pgid!r}")
             barriers = {len(r) for r in rb.rings}
             if len(barriers) != 1:
                 problems.append("ring_barrier.rings: every ring needs the same barrier groups")
