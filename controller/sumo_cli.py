@@ -19,7 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_bench_parser", "add_sumo_parser"]
+__all__ = ["SCENARIO_DIR", "add_bench_parser", "add_sumo_parser"]
+
+SCENARIO_DIR = "build/scenarios"
+"""Where the project's scenario set is built (generated, not committed)."""
 
 
 @contextlib.contextmanager
@@ -202,6 +205,70 @@ def _reference(cfg_path: Path, args: argparse.Namespace, binary: str) -> dict[st
     return {"sumo_alone_s": round(wall, 3)}
 
 
+def cmd_bench_suite(args: argparse.Namespace) -> int:
+    from controller.bench.suite import (
+        SUITE_CONTROLLERS,
+        find_scenarios,
+        format_table,
+        plot_suite,
+        run_suite,
+        write_markdown,
+    )
+
+    controllers = args.controller or list(SUITE_CONTROLLERS)
+    from controller.bench.sumo import CONTROLLERS
+
+    for c in controllers:
+        if c not in CONTROLLERS:
+            _eprint(f"--controller: {c!r} is not one of {', '.join(CONTROLLERS)}")
+            return 2
+    if args.dirs:
+        dirs = [Path(d) for d in args.dirs]
+        missing = [str(d) for d in dirs if not d.exists()]
+        if missing:
+            _eprint(f"no such file or directory: {', '.join(missing)}")
+            return 2
+        scenarios = find_scenarios(dirs)
+    else:
+        from simulator.sumo.scenarios import build_all
+
+        _eprint(f"building the project's scenario set in {SCENARIO_DIR} …")
+        scenarios = build_all(Path(SCENARIO_DIR))
+    if not scenarios:
+        _eprint("no .sumocfg found")
+        return 2
+    bar = _Bar("bench suite", enabled=not args.quiet)
+
+    def progress(done: int, total: int, what: str) -> None:
+        if bar.enabled:
+            bar(done, total)
+        elif not args.quiet:
+            _eprint(f"[{done}/{total}] {what}")
+
+    result = run_suite(
+        scenarios,
+        controllers=controllers,
+        seeds=range(1, args.seeds + 1),
+        end=args.end,
+        workers=args.workers,
+        progress=progress,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    image = None
+    if args.plot:
+        image = plot_suite(result, args.plot)
+    if args.doc:
+        write_markdown(result, Path(args.doc), image)
+        _eprint(f"wrote {args.doc}")
+    print(format_table(result))
+    print(
+        f"\ngeometric mean of adaptive ÷ best SUMO baseline: "
+        f"{result['summary']['geometric_mean_ratio']:.3f}"
+    )
+    return 0 if not result["summary"]["errors"] else 1
+
+
 def format_run(r: dict[str, Any]) -> str:
     """A short human table of one run."""
     s = r["safety"]
@@ -241,7 +308,7 @@ def add_sumo_parser(sub: Any) -> None:
         "scenarios",
         help="build the project's scenario set (netgenerate + randomTrips, fixed seeds)",
     )
-    sc.add_argument("--out", default="scenarios", help="directory (default: %(default)s)")
+    sc.add_argument("--out", default=SCENARIO_DIR, help="directory (default: %(default)s)")
     sc.add_argument("--name", action="append", help="only this scenario (repeatable)")
     sc.add_argument("--force", action="store_true", help="rebuild even when up to date")
     sc.set_defaults(func=cmd_sumo_scenarios)
@@ -278,3 +345,21 @@ def add_bench_parser(bsub: Any) -> None:
     )
     b.add_argument("--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=cmd_bench_sumo)
+
+    bs = bsub.add_parser(
+        "suite",
+        help="every SUMO scenario with every controller: table + chart in docs/benchmarks.md",
+        description="Runs every .sumocfg under the given directories (default: the project's "
+        "scenario set, built first) with every controller, and writes the table of mean delay "
+        "and the ratio of adaptive to the best SUMO baseline into docs/benchmarks.md.",
+    )
+    bs.add_argument("dirs", nargs="*", help="directories or .sumocfg files")
+    bs.add_argument("--controller", action="append", help="only these controllers (repeatable)")
+    bs.add_argument("--seeds", type=int, default=1, help="SUMO seeds 1..N per cell")
+    bs.add_argument("--end", type=float, help="end every run at this time, s")
+    bs.add_argument("--workers", type=int, help="runs at once (default: the cores)")
+    bs.add_argument("--doc", default="docs/benchmarks.md", help="page to write ('' for none)")
+    bs.add_argument("--plot", default="docs/img/bench-sumo.png", help="chart ('' for none)")
+    bs.add_argument("--json", metavar="FILE", help="also write every run as JSON")
+    bs.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    bs.set_defaults(func=cmd_bench_suite)

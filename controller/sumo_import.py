@@ -311,7 +311,10 @@ def import_light(desc: TlsDescription, *, taken: set[str] | None = None) -> Impo
     for a in range(ng):
         for b in range(ng):
             if a != b and conflict[a][b]:
-                v = _gap(glist[a].pattern, glist[b].pattern, yellow_after[a], durations, serving)
+                # A crossing clears while the vehicles beside it keep their green: its gap runs
+                # through those phases.
+                through = [False] * len(serving) if glist[a].pedestrian else serving
+                v = _gap(glist[a].pattern, glist[b].pattern, yellow_after[a], durations, through)
                 if v is not None:
                     gap[(a, b)] = v
 
@@ -378,9 +381,12 @@ def import_light(desc: TlsDescription, *, taken: set[str] | None = None) -> Impo
     # Longer intergreens the program keeps for particular pairs.
     intergreens: dict[str, dict[str, float]] = {}
     for (a, b), v in gap.items():
+        if glist[a].pedestrian:
+            # A crossing's gap runs through the green of the vehicles beside it: sequence, not
+            # clearance. Its clearance is the walking time over the crossing (model).
+            continue
         gc = group_cfgs[a]
         default = gc.clearance_s + gc.red_clearance_s
-        # A crossing has no yellow in SUMO: its gap already runs from the end of its green.
         program_ig = v + _first(yellow_after[a])
         if program_ig > default + 0.05:
             intergreens.setdefault(gc.id, {})[glist[b].id] = round(min(program_ig, 60.0), 1)

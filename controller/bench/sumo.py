@@ -195,16 +195,24 @@ class _Light:
 
 
 def _with_strategy(x: Intersection, name: str) -> Intersection:
-    cfg = x.config.model_copy(
-        update={"strategy": StrategyConfig(default=name, fixed_plan="sumo")}
-    )
+    cfg = x.config.model_copy(update={"strategy": StrategyConfig(default=name, fixed_plan="sumo")})
     return Intersection.build(cfg)
+
+
+def _start(ls: Any, cmd: list[str]) -> None:
+    try:
+        ls.start(cmd)
+    except Exception as exc:  # libsumo's TraCIException; SUMO printed the reason on stderr
+        raise RuntimeError(
+            f"SUMO could not start {cmd[2] if len(cmd) > 2 else ''}: {exc} (see SUMO's "
+            "'Error:' line above)"
+        ) from exc
 
 
 def _describe(ls: Any, run_cfg: Path) -> tuple[list[Any], float, float]:
     from simulator.sumo.network import describe_traffic_lights
 
-    ls.start([sumo_binary(), "-c", str(run_cfg), "--no-step-log", "--no-warnings"])
+    _start(ls, [sumo_binary(), "-c", str(run_cfg), "--no-step-log", "--no-warnings"])
     try:
         descs = describe_traffic_lights(ls)
         dt = float(ls.simulation.getDeltaT())
@@ -250,14 +258,19 @@ def run_sumo_bench(
         opts["end"] = f"{end:g}"
     if seed is not None:
         opts["seed"] = str(seed)
-    probe_cfg = write_run_config(cfg, work / "probe.sumocfg", set_options=opts)
+    t_begin = cfg.time("begin", 0.0) if begin is None else begin
+    t_end = cfg.time("end", math.inf) if end is None else end
+    if t_end <= t_begin:
+        raise ValueError(f"end {t_end:g} s is not after begin {t_begin:g} s")
+    # The probe only reads the traffic lights: no routes, so it loads in a blink.
+    probe_cfg = write_run_config(
+        cfg, work / "probe.sumocfg", set_options=opts, drop_options=("route-files",)
+    )
     descs, dt, t0 = _describe(ls, probe_cfg)
     imported: ImportResult = import_lights(descs)
     lights = list(imported.lights)
     for tid, why in imported.refused.items():
         say(f"traffic light {tid} keeps its own program: {why}")
-    t_begin = cfg.time("begin", 0.0) if begin is None else begin
-    t_end = cfg.time("end", math.inf) if end is None else end
 
     extra: list[Path] = []
     states_file = work / "tls-states.xml"
@@ -280,7 +293,10 @@ def run_sumo_bench(
         extra.append(base_add)
     else:
         for lt in lights:
-            loop_sites += [LoopSite(lp.id, lp.lane, lp.pos_m) for lp in lt.loops]
+            loop_sites += [
+                LoopSite(lp.id, lp.lane, lp.pos_m, count_on_exit=lp.kind == "stopline")
+                for lp in lt.loops
+            ]
             area_sites += [AreaSite(a.id, a.lane, a.start_m, a.end_m) for a in lt.areas]
             button_sites += [
                 ButtonSite(f"{lt.config.id}#{b.channel}", b.crossing, b.walkingareas)
@@ -307,7 +323,8 @@ def run_sumo_bench(
     )
     setup_s = time.perf_counter() - started
 
-    ls.start(
+    _start(
+        ls,
         [
             sumo_binary(),
             "-c",
@@ -315,7 +332,7 @@ def run_sumo_bench(
             "--no-step-log",
             "--no-warnings",
             "--duration-log.disable",
-        ]
+        ],
     )
     try:
         field = SumoField(ls, loop_sites, area_sites, button_sites)

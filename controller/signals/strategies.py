@@ -438,7 +438,7 @@ class Actuated:
 class AdaptiveConfig:
     """Tuning of :class:`Adaptive`; the defaults suit urban intersections."""
 
-    horizon_s: float = 180.0
+    horizon_s: float = 150.0
     """Look-ahead of each evaluation (one to two cycles at high demand)."""
     decision_interval_s: float = 1.0
     """How often the decision is re-evaluated while a stage may end."""
@@ -478,6 +478,12 @@ class AdaptiveConfig:
     """Coordination: the upstream cycle assumed until two upstream greens have been seen."""
     arterial_weight: float = 1.3
     """Coordination: weight of the arterial's vehicles while a platoon is due."""
+    gap_out_s: float = 2.0
+    """Gap-out: when every vehicle group of the running stage has been empty this long (no
+    queue, nothing on its loops, nothing counted upstream and on its way) and a vehicle waits
+    elsewhere, the stage ends at once without a rollout (0: off). An empty green serves nobody;
+    the fluid model, which spreads arrivals evenly, would keep it for traffic that may never
+    come while a real car waits at red."""
 
 
 @dataclass
@@ -622,6 +628,11 @@ class Adaptive:
             req = Request(peds=peds)
             self._last = _Decision(stage, now, req, {})
             return req
+        gap_out = self._gap_out(now, stage, view, targets)
+        if gap_out is not None:
+            req = Request(next_stage=gap_out, end_green=True, peds=peds - here_peds)
+            self._last = _Decision(stage, now, req, {})
+            return req
         min_left = min(self._min_left(now, out, stage, s) for s in targets)
         if min_left > self.cfg.decision_interval_s:
             # Too early to end: name the likeliest next stage, decide later.
@@ -681,6 +692,52 @@ class Adaptive:
             key=lambda sid: (len(self.timing.members[sid] & starving), -self.timing.ids.index(sid)),
         )
         return best
+
+    def _gap_out(self, now: float, stage: str, view: TrafficView, targets: list[str]) -> str | None:
+        """The stage to switch to now because the running one is empty (see ``gap_out_s``)."""
+        gap = self.cfg.gap_out_s
+        if gap <= 0:
+            return None
+        if self._platoon_due(now, stage):
+            return None  # empty now, but the upstream platoon is on its way: the rollout decides
+        for i in self.timing.members[stage]:
+            if self._is_ped[i]:
+                continue
+            g = view.groups[i]
+            if g.failed or g.presence or g.queue >= 0.5 or g.gap_s < gap:
+                return None
+            if g.approaching and min(g.approaching) < gap + self.x.clearance[i]:
+                return None
+        here = self.timing.members[stage]
+        waiting = {
+            i
+            for i, g in enumerate(view.groups)
+            if i not in here and not self._is_ped[i] and (g.queue >= 0.5 or g.presence)
+        }
+        real = [s for s in targets if self.timing.members[s] & waiting]
+        if not real:
+            return None
+        return max(real, key=lambda s: (self._pressure(s, stage, view), -self.timing.ids.index(s)))
+
+    def _platoon_due(self, now: float, stage: str) -> bool:
+        """Whether an upstream platoon for the running (arterial) stage arrives within a cycle's
+        worth of look-ahead: the last upstream greens, extrapolated by their spacing."""
+        if not self._arterial or not self._upstream:
+            return False
+        if not self._arterial & self.timing.members[stage]:
+            return False
+        c = self.cfg
+        ups = sorted(self._upstream)
+        gaps = [b - a for a, b in itertools.pairwise(ups) if b - a > 1.0]
+        cycle = sorted(gaps)[len(gaps) // 2] if gaps else c.platoon_cycle_s
+        pending = [u for u in ups if u + self._travel_s + c.platoon_s >= now]
+        if pending:
+            t_up = pending[0]
+        else:
+            t_up = ups[-1]
+            while t_up + self._travel_s + c.platoon_s < now:
+                t_up += cycle
+        return t_up + self._travel_s - now <= max(c.platoon_s, cycle / 2)
 
     def _targets(self, stage: str, view: TrafficView) -> list[str]:
         """Stages that would serve somebody who waits (or is about to arrive)."""
@@ -744,10 +801,18 @@ class Adaptive:
             holds.add(clear)
         best_hold = math.inf
         walk_next = nxt not in defer
+        worse = 0
         for h in sorted(holds):
             cost = model.rollout(stage, h, nxt, walk=walk_next)
             costs[f"hold:{h:g}"] = cost
-            best_hold = min(best_hold, cost)
+            if cost < best_hold:
+                best_hold, worse = cost, 0
+            else:
+                # The cost of a hold is, in practice, unimodal in its length: two longer holds
+                # in a row that cost more end the search (it halves the rollouts).
+                worse += 1
+                if worse >= 2:
+                    break
         if not walk_next:
             # Deferred crossings of the next stage are left out of the request, so the engine
             # enters it without their walks.

@@ -7,10 +7,10 @@ per loop, per-interval counts and queues per camera zone, push-button presses â€
 the state strings it is given. It never reads a vehicle's position: the controller must see the
 street only through its detectors (design principle 5).
 
-Loops are SUMO induction loops (E1): a vehicle is counted when it *enters* the loop (its entry
-time falls within the last step), occupancy is SUMO's occupied share of the step. Camera zones
-are lane-area detectors (E2): the queue is SUMO's jam length in vehicles (halting vehicles in
-a jam), the count is the vehicles over the stop line in the interval (the stop-line loop the
+Loops are SUMO induction loops (E1): a vehicle is counted when it enters the loop (its entry
+time falls within the last step) â€” at a stop-line loop when it *leaves* it, so that a car that
+stops on the loop at red counts as a departure only when it drives off; occupancy is SUMO's occupied share of the step. Camera zones
+are lane-area detectors (E2): the queue is the number of halting vehicles in the zone, the count is the vehicles over the stop line in the interval (the stop-line loop the
 camera looks at). A push button is pressed when someone waits on a walking area to enter its
 crossing.
 
@@ -32,11 +32,17 @@ _U16 = 0xFFFF
 
 @dataclass(frozen=True)
 class LoopSite:
-    """An induction loop at ``pos_m`` along ``lane``."""
+    """An induction loop at ``pos_m`` along ``lane``.
+
+    ``count_on_exit``: count a vehicle when it leaves the loop rather than when it enters. A
+    stop-line loop counts *departures*: a car that stops on it at red is counted when it
+    drives off at green, not while it waits.
+    """
 
     id: str
     lane: str
     pos_m: float
+    count_on_exit: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,16 +143,24 @@ class SumoField:
             st = self.loops[lp.id]
             data = il.getVehicleData(lp.id)
             if data:
-                # (vehicle, length, entry time, leave time, type): count the entries of the step.
-                st.count += sum(1 for d in data if d[2] > since)
+                # (vehicle, length, entry time, leave time (-1: still on it), type): count the
+                # entries (or exits) that happened within the step.
+                if lp.count_on_exit:
+                    st.count += sum(1 for d in data if d[3] > since)
+                else:
+                    st.count += sum(1 for d in data if d[2] > since)
                 st.presence = any(d[3] < 0 for d in data) or il.getLastStepVehicleNumber(lp.id) > 0
                 st.occupancy_ds += il.getLastStepOccupancy(lp.id) / 100.0 * dt_ds
             else:
                 st.presence = False
 
     def area_queue(self, area_id: str) -> int:
-        """Vehicles standing in a jam in the camera zone now."""
-        return int(self._sumo.lanearea.getJamLengthVehicle(area_id))
+        """Vehicles standing (halting) in the camera zone now.
+
+        SUMO's jam length would miss a single waiting car (a jam needs two), which is exactly
+        the car an actuated or adaptive controller must not forget.
+        """
+        return int(self._sumo.lanearea.getLastStepHaltingNumber(area_id))
 
     def _read_buttons(self) -> None:
         edge = self._sumo.edge
