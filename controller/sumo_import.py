@@ -762,13 +762,25 @@ def _place_detectors(
 # -- YAML --------------------------------------------------------------------------------------
 
 
+class _FlowListDumper(yaml.SafeDumper):
+    """Lists of plain values on one line (``[N_T, E_T]``), everything else in block style."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = all(isinstance(v, (str, int, float, bool)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_FlowListDumper.add_representer(list, _represent_list)
+
+
 def to_yaml(result: ImportResult, *, source: str = "") -> str:
     """The imported intersections as a ``signals.intersections`` fragment of config.yaml."""
     lines = [
         f"# Imported from {source or 'a SUMO network'} by `cityctl sumo import`.",
         "# One intersection per traffic light; groups, conflicts, intergreens and stages come",
-        "# from the network's own program (see docs/sumo.md). Edit freely: `cityctl validate`",
-        "# checks the result.",
+        "# from the network's own program (see docs/sumo.md). Paste the entries into",
+        "# signals.intersections of config.yaml and edit freely: `cityctl validate` checks them.",
     ]
     for tid, why in sorted(result.refused.items()):
         lines.append(f"# refused {tid}: {why}")
@@ -778,7 +790,11 @@ def to_yaml(result: ImportResult, *, source: str = "") -> str:
         body.append(data)
         for note in light.notes:
             lines.append(f"# {light.config.id}: {note}")
-    text = yaml.safe_dump(
-        {"signals": {"intersections": body}}, sort_keys=False, allow_unicode=True, width=100
+    text = yaml.dump(
+        {"signals": {"intersections": body}},
+        Dumper=_FlowListDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
     )
     return "\n".join(lines) + "\n" + text

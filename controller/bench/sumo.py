@@ -192,6 +192,7 @@ class _Light:
     runner: Any
     core: Any
     ids: list[str]
+    detectors: dict[str, Any]
 
 
 def _with_strategy(x: Intersection, name: str) -> Intersection:
@@ -492,7 +493,15 @@ class _Lockstep:
                 local_time=lambda: _minutes(self.now),
                 adaptive=self.adaptive,
             )
-            self.lights.append(_Light(lt, runner, core, [g.id for g in x.groups]))
+            self.lights.append(
+                _Light(
+                    lt,
+                    runner,
+                    core,
+                    [g.id for g in x.groups],
+                    {d.id: d for d in x.config.detectors},
+                )
+            )
         await self._control()
 
     def _clock(self) -> float:
@@ -544,7 +553,7 @@ class _Lockstep:
                 self._cam_last[area.id] = total
                 queue = min(500, self.field.area_queue(area.id))
                 for did in area.detectors:
-                    d = next(d for d in lt.light.config.detectors if d.id == did)
+                    d = lt.detectors[did]
                     lanes.append(
                         LaneCount(
                             lane=d.lane, group=d.group, count=min(crossed, 10_000), queue=queue

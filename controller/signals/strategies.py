@@ -439,7 +439,13 @@ class AdaptiveConfig:
     """Tuning of :class:`Adaptive`; the defaults suit urban intersections."""
 
     horizon_s: float = 150.0
-    """Look-ahead of each evaluation (one to two cycles at high demand)."""
+    """Look-ahead of each evaluation, at least (see ``horizon_cycles``)."""
+    horizon_cycles: float = 1.5
+    """The look-ahead grows to this many of the cycles the intersection has been running (the
+    median time between two starts of the same stage), up to ``horizon_max_s``: an
+    over-saturated intersection with long cycles needs to see its backlog drain, a busy one
+    with short cycles decides better on a shorter view (0: fixed ``horizon_s``)."""
+    horizon_max_s: float = 300.0
     decision_interval_s: float = 1.0
     """How often the decision is re-evaluated while a stage may end."""
     holds_s: tuple[float, ...] = (2.0, 4.0, 7.0, 11.0, 16.0, 24.0)
@@ -478,6 +484,8 @@ class AdaptiveConfig:
     """Coordination: the upstream cycle assumed until two upstream greens have been seen."""
     arterial_weight: float = 1.3
     """Coordination: weight of the arterial's vehicles while a platoon is due."""
+    prune_holds: bool = True
+    """Stop trying longer holds after two in a row that cost more (halves the rollouts)."""
     gap_out_s: float = 2.0
     """Gap-out: when every vehicle group of the running stage has been empty this long (no
     queue, nothing on its loops, nothing counted upstream and on its way) and a vehicle waits
@@ -574,6 +582,9 @@ class Adaptive:
             self._travel_s = coord.travel_time_s
         self._last: _Decision | None = None
         self.evaluations = 0
+        self._starts: dict[str, float] = {}
+        self._cycles: deque[float] = deque(maxlen=9)
+        self._seen_stage: str | None = None
         """How many rollouts have been evaluated (for benchmarks)."""
 
     @property
@@ -601,6 +612,13 @@ class Adaptive:
             self._last = None
             return _hold_in_clearance(out, peds)
         stage = out.stage
+        if stage != self._seen_stage:
+            # A stage started: the time since its previous start is one cycle.
+            self._seen_stage = stage
+            prev = self._starts.get(stage)
+            if prev is not None and now - prev > 1.0:
+                self._cycles.append(now - prev)
+            self._starts[stage] = now
         # A crossing of the running stage that was left out at its start walks late once it
         # has waited ped_defer_s (the engine serves it while the stage runs).
         here_peds = frozenset(
@@ -719,6 +737,14 @@ class Adaptive:
             return None
         return max(real, key=lambda s: (self._pressure(s, stage, view), -self.timing.ids.index(s)))
 
+    def horizon(self) -> float:
+        """The look-ahead now: ``horizon_s``, or ``horizon_cycles`` recent cycles if longer."""
+        c = self.cfg
+        if c.horizon_cycles <= 0 or not self._cycles:
+            return c.horizon_s
+        cycle = sorted(self._cycles)[len(self._cycles) // 2]
+        return min(c.horizon_max_s, max(c.horizon_s, c.horizon_cycles * cycle))
+
     def _platoon_due(self, now: float, stage: str) -> bool:
         """Whether an upstream platoon for the running (arterial) stage arrives within a cycle's
         worth of look-ahead: the last upstream greens, extrapolated by their spacing."""
@@ -811,7 +837,7 @@ class Adaptive:
                 # The cost of a hold is, in practice, unimodal in its length: two longer holds
                 # in a row that cost more end the search (it halves the rollouts).
                 worse += 1
-                if worse >= 2:
+                if worse >= 2 and c.prune_holds:
                     break
         if not walk_next:
             # Deferred crossings of the next stage are left out of the request, so the engine
@@ -840,6 +866,7 @@ class _FluidModel:
         c = a.cfg
         self.a = a
         self.c = c
+        self.horizon = a.horizon()
         n = a.x.n
         self.n = n
         self.q0 = [max(0.0, g.queue) for g in view.groups]
@@ -866,12 +893,12 @@ class _FluidModel:
             if gaps:
                 cycle = gaps[len(gaps) // 2]
                 nxt_up = ups[-1] + cycle
-                while nxt_up + a._travel_s - now < c.horizon_s and len(ups) < 16:
+                while nxt_up + a._travel_s - now < self.horizon and len(ups) < 16:
                     ups.append(nxt_up)
                     nxt_up += cycle
             for t_up in ups:
                 t0 = t_up + a._travel_s - now
-                if t0 + c.platoon_s > 0 and t0 < c.horizon_s:
+                if t0 + c.platoon_s > 0 and t0 < self.horizon:
                     platoons.append((max(0.0, t0), t0 + c.platoon_s))
         share = c.platoon_share
         dense = max(1.0, cycle / c.platoon_s)
@@ -880,7 +907,7 @@ class _FluidModel:
             pieces: list[tuple[float, float]] = []
             if known > 0 and not g.failed:
                 pieces.append((0.0, 0.0))
-                self.masses.append(sorted(t for t in g.approaching if 0 <= t < c.horizon_s))
+                self.masses.append(sorted(t for t in g.approaching if 0 <= t < self.horizon))
             else:
                 known = 0.0
                 self.masses.append([])
@@ -934,7 +961,7 @@ class _FluidModel:
         a, c, n = self.a, self.c, self.n
         timing = a.timing
         mu = a._mu
-        horizon = c.horizon_s
+        horizon = self.horizon
         rates, masses = self.rates, self.masses
         q = list(self.q0)
         area = [0.0] * n
@@ -989,7 +1016,9 @@ class _FluidModel:
             t[i], q[i], area[i], ri[i], mi[i] = ti, qi, ar, r, m
 
         def toggle(i: int, at: float, on: bool) -> None:
-            adv(i, min(at, horizon))
+            to = at if at < horizon else horizon
+            if to > t[i]:  # (most toggles land where the group already is: skip the call)
+                adv(i, to)
             dis[i] = on
 
         # the running stage: its groups discharge from their start-up (or already do)

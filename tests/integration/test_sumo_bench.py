@@ -198,3 +198,68 @@ def test_every_game_network_imports_or_says_why() -> None:
     imported = dict(s.split(": ") for s in summary)
     for must in ("cross.sumocfg", "grid6.sumocfg", "square.sumocfg", "corridor.sumocfg"):
         assert not imported[must].startswith("0/"), must
+
+
+def test_bench_suite_cli_runs_every_controller_and_writes_the_page(tmp_path: Path) -> None:
+    scen = tmp_path / "scen"
+    scen.mkdir()
+    (scen / "cross.sumocfg").write_text((GAME / "cross.sumocfg").read_text())
+    (scen / "cross").symlink_to(GAME / "cross")
+    (scen / "input_additional.add.xml").symlink_to(GAME / "input_additional.add.xml")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "bench",
+            "suite",
+            str(scen),
+            "--controller",
+            "sumo-actuated",
+            "--controller",
+            "adaptive",
+            "--end",
+            "120",
+            "--doc",
+            str(doc),
+            "--plot",
+            str(tmp_path / "img" / "suite.png"),
+            "--json",
+            str(tmp_path / "suite.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| cross |" in proc.stdout and "geometric mean" in proc.stdout
+    page = doc.read_text()
+    assert "bench suite: begin" in page and "![mean delay" in page
+    assert (tmp_path / "img" / "suite.png").stat().st_size > 1000
+    data = json.loads((tmp_path / "suite.json").read_text())
+    assert {r["controller"] for r in data["runs"]} == {"sumo-actuated", "adaptive"}
+    assert data["summary"]["safety"]["adaptive"] == ZERO
+
+
+def test_sumo_scenarios_cli_builds_one(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "sumo",
+            "scenarios",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "single-light",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = Path(proc.stdout.strip())
+    assert cfg == tmp_path / "single-light" / "single-light.sumocfg" and cfg.exists()

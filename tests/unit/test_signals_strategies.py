@@ -1125,3 +1125,93 @@ def test_adaptive_keeps_the_arterial_green_for_a_platoon_from_upstream() -> None
     # (the scene's arrivals are smooth, so the strategy also sees no platoon in its loops: the
     # feed alone moves the arterial's greens towards the windows)
     assert with_feed > without + 0.15 and with_feed > 1.5 * without, (with_feed, without)
+
+
+# -- gap-out -----------------------------------------------------------------------------------
+
+
+def _green_output(x: Intersection, stage: str, now: float, since: float) -> EngineOutput:
+    """An engine output with ``stage`` green since ``since`` (past every minimum)."""
+    e = PhaseEngine(x, now=0.0)
+    members = dict(x.stages)[stage]
+    signals = tuple(G if i in members else Signal.RED for i in range(x.n))
+    return replace(
+        e.output,
+        t=now,
+        signals=signals,
+        phase="green",
+        stage=stage,
+        next_stage=None,
+        green_elapsed=now - since,
+        green_since=tuple(since if i in members else None for i in range(x.n)),
+        release_at=tuple(since + 5.0 if i in members else -math.inf for i in range(x.n)),
+    )
+
+
+def test_adaptive_gaps_out_an_empty_green_when_a_car_waits() -> None:
+    """The running stage has been empty for the gap-out time and a car waits at red: the
+    stage ends at once — the fluid model would keep it for arrivals it spreads evenly."""
+    a = Adaptive(FOUR)
+    out = _green_output(FOUR, "NS_T", 60.0, 20.0)
+    flow = {"gap_s": 5.0, "arrivals_vph": 600.0}  # a busy approach, empty right now
+    waiting = {"call": True, "call_since": 55.0, "queue": 1.0, "presence": True}
+    view = quiet_view(FOUR, 60.0, N_T=flow, S_T=flow, E_T=waiting)
+    req = a.decide(60.0, out, view)
+    assert req.end_green and req.next_stage == "EW_T"
+    assert a.last_costs == {}  # decided without a rollout
+
+
+@pytest.mark.parametrize(
+    "running",
+    [
+        {"gap_s": 1.0, "arrivals_vph": 600.0},  # a vehicle passed a second ago
+        {"gap_s": 5.0, "presence": True},  # one stands on the stop-line loop
+        {"gap_s": 5.0, "queue": 2.0},  # a queue is still discharging
+        {"gap_s": 5.0, "approaching": (3.0,)},  # counted upstream, arriving in 3 s
+    ],
+)
+def test_adaptive_does_not_gap_out_a_stage_that_still_serves(running: dict[str, Any]) -> None:
+    ac = AdaptiveConfig()
+    a = Adaptive(FOUR, ac)
+    out = _green_output(FOUR, "NS_T", 60.0, 20.0)
+    waiting = {"call": True, "call_since": 55.0, "queue": 1.0, "presence": True}
+    view = quiet_view(FOUR, 60.0, N_T=running, S_T={"gap_s": 5.0}, E_T=waiting)
+    a.decide(60.0, out, view)
+    assert a.last_costs, "the rollout decides"
+
+
+def test_adaptive_does_not_gap_out_for_a_phantom_call_or_when_off() -> None:
+    out = _green_output(FOUR, "NS_T", 60.0, 20.0)
+    empty = {"gap_s": 9.0}
+    phantom = {"call": True, "call_since": 50.0}  # a locked call, nobody measured there
+    view = quiet_view(FOUR, 60.0, N_T=empty, S_T=empty, E_T=phantom)
+    a = Adaptive(FOUR)
+    a.decide(60.0, out, view)
+    assert a.last_costs
+    waiting = {"call": True, "call_since": 55.0, "queue": 1.0, "presence": True}
+    off = Adaptive(FOUR, AdaptiveConfig(gap_out_s=0.0))
+    off.decide(60.0, out, quiet_view(FOUR, 60.0, N_T=empty, S_T=empty, E_T=waiting))
+    assert off.last_costs
+
+
+def test_gap_out_waits_for_a_platoon_due_from_upstream() -> None:
+    from controller.signals.model import CoordinationConfig
+
+    cfg = four_arm().model_copy(
+        update={
+            "coordination": CoordinationConfig(
+                arterial="a1", upstream="up", travel_time_s=20.0, arterial_stage="NS_T"
+            )
+        }
+    )
+    x = Intersection.build(cfg)
+    out = _green_output(x, "NS_T", 100.0, 60.0)
+    empty = {"gap_s": 9.0}
+    waiting = {"call": True, "call_since": 95.0, "queue": 1.0, "presence": True}
+    view = quiet_view(x, 100.0, N_T=empty, S_T=empty, E_T=waiting)
+    due = Adaptive(x, upstream_greens=lambda: [0.0, 90.0])  # arrives at 110
+    due.decide(100.0, out, view)
+    assert due.last_costs, "the platoon is due: the rollout weighs it"
+    gone = Adaptive(x, upstream_greens=lambda: [-40.0, 50.0])  # next one arrives at 160
+    req = gone.decide(100.0, out, view)
+    assert req.end_green and not gone.last_costs
