@@ -662,56 +662,14 @@ def _place_detectors(
         if channel + len(gks) > MAX_CHANNELS:
             notes.append(f"lane {lane}: no channel left for its stop-line loop")
             continue
-        chans = []
-        for k in gks:
-            did = _ident(f"{cfgs[k].id}.s{numbers[k]}", set(), limit=32)
-            dets.append(
-                DetectorConfig(
-                    id=did,
-                    group=cfgs[k].id,
-                    kind=DetectorKind.STOPLINE,
-                    channel=channel,
-                    lane=numbers[k],
-                )
-            )
-            chans.append(channel)
-            channel += 1
-        stop_id = f"cc_{tag}_s{li}"
-        loops.append(
-            PlacedLoop(
-                id=stop_id,
-                lane=lane,
-                pos_m=max(0.1, info.length_m - STOPLINE_SETBACK_M),
-                channels=tuple(chans),
-                kind=DetectorKind.STOPLINE,
-            )
+
+        site = _LaneSite(f"cc_{tag}", li, lane, info.length_m, gks, numbers)
+        stop_id, channel = _place_loop(
+            site, DetectorKind.STOPLINE, STOPLINE_SETBACK_M, channel, cfgs, dets, loops
         )
         if with_upstream and info.length_m >= UPSTREAM_M * 0.5 + 10:
             dist = min(UPSTREAM_M, info.length_m - 5.0)
-            chans = []
-            for k in gks:
-                did = _ident(f"{cfgs[k].id}.u{numbers[k]}", set(), limit=32)
-                dets.append(
-                    DetectorConfig(
-                        id=did,
-                        group=cfgs[k].id,
-                        kind=DetectorKind.UPSTREAM,
-                        channel=channel,
-                        distance_m=round(dist, 1),
-                        lane=numbers[k],
-                    )
-                )
-                chans.append(channel)
-                channel += 1
-            loops.append(
-                PlacedLoop(
-                    id=f"cc_{tag}_u{li}",
-                    lane=lane,
-                    pos_m=max(0.1, info.length_m - dist),
-                    channels=tuple(chans),
-                    kind=DetectorKind.UPSTREAM,
-                )
-            )
+            _, channel = _place_loop(site, DetectorKind.UPSTREAM, dist, channel, cfgs, dets, loops)
         cam_dets = []
         for k in gks:
             did = _ident(f"{cfgs[k].id}.c{numbers[k]}", set(), limit=32)
@@ -757,6 +715,56 @@ def _place_detectors(
         buttons.append(PlacedButton(channel=channel, crossing=crossing, walkingareas=walks))
         channel += 1
     return loops, areas, buttons, dets, channel, notes
+
+
+@dataclass(frozen=True)
+class _LaneSite:
+    prefix: str
+    index: int
+    lane: str
+    length_m: float
+    groups: list[int]
+    numbers: dict[int, int]
+    """Per group, the lane's number within the group (1..8)."""
+
+
+def _place_loop(
+    site: _LaneSite,
+    kind: DetectorKind,
+    dist: float,
+    channel: int,
+    cfgs: list[SignalGroupConfig],
+    dets: list[DetectorConfig],
+    loops: list[PlacedLoop],
+) -> tuple[str, int]:
+    """One loop ``dist`` before the stop line, a channel per group it feeds; returns its id and
+    the next free channel."""
+    letter = "s" if kind is DetectorKind.STOPLINE else "u"
+    chans = []
+    for k in site.groups:
+        dets.append(
+            DetectorConfig(
+                id=_ident(f"{cfgs[k].id}.{letter}{site.numbers[k]}", set(), limit=32),
+                group=cfgs[k].id,
+                kind=kind,
+                channel=channel,
+                distance_m=0.0 if kind is DetectorKind.STOPLINE else round(dist, 1),
+                lane=site.numbers[k],
+            )
+        )
+        chans.append(channel)
+        channel += 1
+    loop_id = f"{site.prefix}_{letter}{site.index}"
+    loops.append(
+        PlacedLoop(
+            id=loop_id,
+            lane=site.lane,
+            pos_m=max(0.1, site.length_m - dist),
+            channels=tuple(chans),
+            kind=kind,
+        )
+    )
+    return loop_id, channel
 
 
 # -- YAML --------------------------------------------------------------------------------------
