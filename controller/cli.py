@@ -470,9 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench_signals)
 
     from controller.sumo_cli import add_bench_parser, add_sumo_parser
+    from controller.telemetry_cli import add_bench_telemetry_parser, add_telemetry_parser
 
     add_bench_parser(bsub)
+    add_bench_telemetry_parser(bsub)
     add_sumo_parser(sub)
+    add_telemetry_parser(sub)
     return p
 
 

@@ -32,16 +32,24 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ControllerSettings",
+    "InfluxConfig",
     "LightGroup",
     "LightNodeSpec",
     "LightingClass",
     "LightingSettings",
     "MqttConfig",
+    "OutboxConfig",
+    "TelemetryConfig",
+    "TelemetryIntervals",
     "TrafficSettings",
     "expand_node_ids",
     "load_config",
     "parse_config",
 ]
+
+
+STATE_DIR_ENV = "CITYCTL_STATE_DIR"
+"""Overrides ``controller.state_dir`` (systemd's ``StateDirectory=``, tests, the demo)."""
 
 
 class _Strict(BaseModel):
@@ -104,9 +112,19 @@ class ControllerSettings(_Strict):
 
     id: Ident = Field(default="cityctl-1", description="Unique id; part of MQTT topics.")
     state_dir: Path = Field(
-        default=Path("./state"), description="Where the controller keeps state across restarts."
+        default=Path("./state"),
+        validate_default=True,
+        description="Where the controller keeps state across restarts (relative: to the config"
+        f" file). The environment variable {STATE_DIR_ENV} overrides it.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_env(cls, v: Path) -> Path:
+        # The variable wins over the file: systemd's StateDirectory=, tests and the demo set it.
+        env = os.environ.get(STATE_DIR_ENV)
+        return Path(env) if env else v
 
 
 class TlsConfig(_Strict):
@@ -377,6 +395,113 @@ class LightingSettings(_Strict):
         return self
 
 
+class InfluxConfig(_Strict):
+    """An InfluxDB 2.x / 3.x database (v2 write API). Absent: telemetry stays in the outbox."""
+
+    url: str = Field(description="http(s)://host:port of the database.")
+    org: str = Field(default="", description="Organisation (InfluxDB 2.x; ignored by 3.x).")
+    bucket: str = Field(min_length=1, description="Bucket (2.x) or database (3.x).")
+    token_env: str | None = Field(default=None, description="Read the API token from this env var.")
+    token_file: Path | None = Field(default=None, description="Read the API token from this file.")
+    gzip: bool = Field(default=True, description="Compress write requests.")
+    batch_points: int = Field(default=5000, ge=1, le=100_000, description="Points per request.")
+    concurrency: int = Field(
+        default=2, ge=1, le=8, description="Requests in flight (hides uplink latency)."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="One request's time limit.")
+    retry_min_s: float = Field(default=0.5, gt=0, le=60, description="First retry delay.")
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600, description="Longest retry delay.")
+    verify_tls: bool = Field(default=True, description="Check the server certificate (https).")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/[^\s]*)?$", url):
+            raise ValueError(f"{url!r} is not http://host[:port] or https://host[:port]")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> InfluxConfig:
+        if self.token_env and self.token_file:
+            raise ValueError("give token_env or token_file, not both")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must not be below retry_min_s")
+        return self
+
+    def token(self) -> str:
+        """The API token from the environment or the file ('' when neither is given)."""
+        if self.token_env:
+            value = os.environ.get(self.token_env)
+            if value is None:
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "telemetry.influx.token_env",
+                            f"environment variable {self.token_env} is not set",
+                        )
+                    ]
+                )
+            return value
+        if self.token_file:
+            try:
+                return self.token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "telemetry.influx.token_file",
+                            f"cannot read {self.token_file}: {exc.strerror}",
+                        )
+                    ]
+                ) from None
+        return ""
+
+
+class OutboxConfig(_Strict):
+    """The on-disk outbox every point goes through (SQLite in WAL mode)."""
+
+    path: Path | None = Field(
+        default=None, description="Outbox file; default: <controller.state_dir>/telemetry.sqlite."
+    )
+    max_mb: float = Field(
+        default=1024.0, gt=0, le=1_000_000, description="Size bound; when full, oldest go first."
+    )
+    max_age_h: float = Field(
+        default=24.0 * 30, gt=0, le=24.0 * 3650, description="Points older than this are removed."
+    )
+    keep_sent_h: float = Field(
+        default=24.0,
+        ge=0,
+        le=24.0 * 3650,
+        description="Keep sent points this long for `cityctl telemetry export` (0: delete on ack).",
+    )
+
+
+class TelemetryIntervals(_Strict):
+    """How often the aggregated measurements are recorded (events are recorded as they happen)."""
+
+    group_s: float = Field(default=60.0, ge=1, le=86_400, description="Group level and energy.")
+    detector_s: float = Field(
+        default=60.0, ge=1, le=86_400, description="Detector counts and occupancy."
+    )
+    health_s: float = Field(default=10.0, ge=1, le=86_400, description="Controller health.")
+
+
+class TelemetryConfig(_Strict):
+    """Telemetry: what is recorded, where it is kept, where it is sent (docs/telemetry.md)."""
+
+    enabled: bool = Field(default=True, description="Record telemetry at all.")
+    influx: InfluxConfig | None = Field(
+        default=None, description="Send to this database; absent: keep the data locally."
+    )
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    intervals: TelemetryIntervals = Field(default_factory=TelemetryIntervals)
+
+    def outbox_path(self, state_dir: Path) -> Path:
+        """Where the outbox file lives."""
+        return self.outbox.path if self.outbox.path is not None else state_dir / "telemetry.sqlite"
+
+
 class CityConfig(_Strict):
     """The whole deployment."""
 
@@ -385,6 +510,7 @@ class CityConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     lighting: LightingSettings
     signals: SignalsSettings = Field(default_factory=SignalsSettings)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     def intersections(self) -> list[Intersection]:
         """Every intersection, validated and derived (the config loader already checked them)."""
@@ -784,4 +910,20 @@ def load_config(path: str | Path) -> CityConfig:
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(p), f"cannot read: {exc.strerror}")]) from None
     cfg, _warnings = parse_config(text, source=str(p))
-    return cfg
+    return _resolve_paths(cfg, p.parent)
+
+
+def _resolve_paths(cfg: CityConfig, base: Path) -> CityConfig:
+    """Relative paths are relative to the config file; the state-dir variable wins."""
+    state = cfg.controller.state_dir
+    if not state.is_absolute():
+        state = base / state
+    outbox = cfg.telemetry.outbox
+    if outbox.path is not None and not outbox.path.is_absolute():
+        outbox = outbox.model_copy(update={"path": base / outbox.path})
+    return cfg.model_copy(
+        update={
+            "controller": cfg.controller.model_copy(update={"state_dir": state}),
+            "telemetry": cfg.telemetry.model_copy(update={"outbox": outbox}),
+        }
+    )

@@ -162,8 +162,21 @@ async def run_demo(
     lt = lt.model_copy(
         update={"faults": faults_cfg, "retry_after_s": max(lt.retry_after_s, 1.0 * speed)}
     )
-    cfg = cfg.model_copy(update={"lighting": lt})
+    # Telemetry of a demo is in simulated time: it goes to an outbox of its own, started
+    # afresh each run, and never to a configured database.
+    demo_state = cfg.controller.state_dir / "demo"
+    demo_outbox = demo_state / "telemetry.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        demo_outbox.with_name(demo_outbox.name + suffix).unlink(missing_ok=True)
+    tel = cfg.telemetry.model_copy(
+        update={
+            "influx": None,
+            "outbox": cfg.telemetry.outbox.model_copy(update={"path": demo_outbox}),
+        }
+    )
+    cfg = cfg.model_copy(update={"lighting": lt, "telemetry": tel})
     tz = cfg.location.tz
+    started = clock.now()
     broker = EmbeddedBroker(broker_port)
     await broker.start()
     log.info(
@@ -286,6 +299,16 @@ async def run_demo(
         st.counts,
         controller.lighting.drops.total,
     )
+    if controller.telemetry is not None:
+        ts = controller.telemetry.recorder.stats
+        log.info(
+            "demo over: %d telemetry points recorded in %s — see them with: cityctl telemetry"
+            " export --outbox %s --since %s --format csv",
+            ts.recorded,
+            demo_outbox,
+            demo_outbox,
+            started.astimezone(tz).strftime("%Y-%m-%dT%H:%M"),
+        )
     return 0
 
 

@@ -4,7 +4,10 @@ start and stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 
@@ -13,8 +16,10 @@ from controller.clock import Clock, SystemClock
 from controller.config import CityConfig
 from controller.lighting.service import LightingService
 from controller.signals.service import SignalsService, with_cabinets
+from controller.telemetry.lineproto import FieldValue
+from controller.telemetry.service import TelemetryService
 from devices.lights import OFFLINE, Topics
-from devices.mqtt import MqttLink, MqttSettings, Will
+from devices.mqtt import LinkDown, MqttLink, MqttSettings, Will
 
 __all__ = ["Controller"]
 
@@ -64,7 +69,20 @@ class Controller:
                 reconnect_max_s=mqtt.reconnect_max_s,
             )
         self.link = MqttLink(settings, name=f"controller {cfg.controller.id}")
-        self.lighting = LightingService(cfg, self.link, self.clock, topics=self.topics)
+        # Telemetry first: the loops record into it from their first step.
+        self.telemetry: TelemetryService | None = None
+        if cfg.telemetry.enabled:
+            self.telemetry = TelemetryService(
+                cfg.telemetry,
+                state_dir=cfg.controller.state_dir,
+                controller_id=cfg.controller.id,
+                now=lambda: self.clock.now().timestamp(),
+                health=self._health,
+            )
+        recorder = self.telemetry.recorder if self.telemetry is not None else None
+        self.lighting = LightingService(
+            cfg, self.link, self.clock, topics=self.topics, telemetry=recorder
+        )
         self.link.on_connect = self.lighting.on_connect
         self.signals: SignalsService | None = None
         xs = cfg.intersections()
@@ -78,6 +96,8 @@ class Controller:
                 mqtt=self.link,
                 topics=self.topics,
                 local_time=lambda: self.clock.now().astimezone(tz),
+                telemetry=recorder,
+                detector_interval_s=cfg.telemetry.intervals.detector_s,
             )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -93,12 +113,18 @@ class Controller:
             s.host,
             s.port,
         )
+        if self.telemetry is not None:
+            await self.telemetry.start()
         self._tasks = [
             asyncio.create_task(self.link.run(), name="mqtt-link"),
             asyncio.create_task(self.lighting.run(), name="lighting-loop"),
         ]
         if self.signals is not None:
             self._tasks.append(asyncio.create_task(self.signals.run(), name="signal-loops"))
+        if self.telemetry is not None:
+            self._tasks.append(
+                asyncio.create_task(self._telemetry_status(), name="telemetry-status")
+            )
 
     async def stop(self) -> None:
         """Say goodbye (retained offline) and stop every task."""
@@ -107,7 +133,48 @@ class Controller:
         )
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        if self.telemetry is not None:
+            await self.telemetry.stop()
         log.info("controller %s stopped", self.cfg.controller.id)
+
+    async def _telemetry_status(self) -> None:
+        """Publish the telemetry status (outbox, database, alarms) retained, now and then."""
+        assert self.telemetry is not None
+        topic = self.topics.controller_telemetry(self.cfg.controller.id)
+        last = ""
+        while True:
+            await asyncio.sleep(self.cfg.telemetry.intervals.health_s)
+            if not self.link.connected:
+                continue
+            text = json.dumps(self.telemetry.status(), sort_keys=True)
+            if text != last:
+                with contextlib.suppress(LinkDown):
+                    await self.link.publish(topic, text.encode(), qos=1, retain=True)
+                    last = text
+
+    def _health(self) -> dict[str, FieldValue]:
+        """The controller's own fields of the ``controller_health`` point (docs/telemetry.md)."""
+        ls = self.link.stats
+        dropped = self.lighting.drops.total
+        fields: dict[str, FieldValue] = {
+            "mqtt_up": self.link.connected,
+            "mqtt_rx": ls.received,
+            "mqtt_tx": ls.published,
+            "mqtt_publish_failed": ls.publish_failed,
+            "nodes_online": sum(
+                1 for _, nid, _, _ in self.cfg.nodes() if self.lighting.core.node_online(nid)
+            ),
+            "rss_mb": round(_rss_mb(), 1),
+        }
+        if self.signals is not None:
+            dropped += self.signals.drops.total
+            fields["intersections"] = len(self.signals.runners)
+            fields["cabinets_up"] = sum(1 for r in self.signals.runners.values() if r.link.up)
+            fields["intersections_in_control"] = sum(
+                1 for r in self.signals.runners.values() if r.sync == "control"
+            )
+        fields["dropped_payloads"] = dropped
+        return fields
 
     async def run_forever(self) -> None:
         """Start and run until cancelled (Ctrl-C or SIGTERM)."""
@@ -121,3 +188,13 @@ class Controller:
                     raise t.exception()  # type: ignore[misc]
         finally:
             await self.stop()
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process, MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -251,6 +251,10 @@ class Topics:
         """Retained lighting status of a controller (groups, levels, energy)."""
         return f"{self.root}/controller/{controller}/lighting"
 
+    def controller_telemetry(self, controller: str) -> str:
+        """Retained telemetry status of a controller (outbox, database, alarms)."""
+        return f"{self.root}/controller/{controller}/telemetry"
+
     def group_set(self, group: str) -> str:
         """Command topic of a group (retained)."""
         return f"{self.root}/lights/group/{group}/set"

@@ -2,6 +2,8 @@
 
 - ``mosquitto``: a real Mosquitto broker on a free loopback port, one per test
   (``.host``, ``.port``, ``.url``, ``.stop()``, ``.restart()`` on the same port, ``.log_tail()``).
+- ``victoria``: a real VictoriaMetrics (InfluxDB v2 write API) on a free loopback port
+  (``.url``, ``.stop()``/``.start()`` on the same port and data, ``.series()``, ``.samples()``).
 - ``mqtt_prefix``: a unique topic prefix per test (``t-<uuid8>``), so tests never see each
   other's retained messages even on a shared broker.
 
@@ -27,6 +29,7 @@ if str(_ROOT) not in sys.path:
     # ``python -m pytest`` (only the latter puts the working directory on sys.path).
     sys.path.insert(0, str(_ROOT))
 
+from controller.bench.victoria import VictoriaMetrics  # noqa: E402
 from tests.helpers import Mosquitto, wait_for  # noqa: E402
 
 __all__ = ["Mosquitto", "wait_for"]
@@ -48,6 +51,28 @@ def pytest_runtest_makereport(
     report = yield
     setattr(item, f"_rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test keeps controller state (the telemetry outbox…) in its own directory."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("CITYCTL_STATE_DIR", str(state))
+    return state
+
+
+@pytest.fixture
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    """A VictoriaMetrics server (InfluxDB v2 write API) on a free port; its log on failure."""
+    vm = VictoriaMetrics(tmp_path / "victoria")
+    vm.start()
+    try:
+        yield vm
+    except BaseException:
+        print(f"--- victoria-metrics log ---\n{vm.log_tail()}")
+        raise
+    finally:
+        vm.close()
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from schedules.evaluate import (
 )
 from schedules.model import Override
 
-__all__ = ["GroupCommand", "GroupStatus", "LightingCore", "NodeRetry", "Wanted"]
+__all__ = ["GroupCommand", "GroupStatus", "GroupTotals", "LightingCore", "NodeRetry", "Wanted"]
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,24 @@ class GroupStatus:
     nodes_converged: int
     nodes_offline: int
     energy_wh: float
+
+
+@dataclass(frozen=True)
+class GroupTotals:
+    """A group's numbers for the telemetry interval (``light_group``)."""
+
+    group: str
+    level: float
+    source: str
+    lighting_class: str | None
+    nodes: int
+    nodes_following: int
+    nodes_offline: int
+    nodes_alarm: int
+    power_w: float
+    """Sum of the last power reported by the nodes not known to be offline."""
+    energy_wh: float
+    """Energy counted since the controller started (see :meth:`LightingCore.on_node_state`)."""
 
 
 @dataclass
@@ -389,6 +407,44 @@ class LightingCore:
                     nodes_converged=conv,
                     nodes_offline=off,
                     energy_wh=st.energy_wh,
+                )
+            )
+        return out
+
+    def totals(self) -> list[GroupTotals]:
+        """Every group's interval summary for telemetry, in one pass over the nodes."""
+        count: dict[str, list[int]] = {g: [0, 0, 0, 0] for g in self._groups}
+        power: dict[str, float] = dict.fromkeys(self._groups, 0.0)
+        alarmed = self.faults.active
+        for node, ns in self._nodes.items():
+            c = count[ns.group]
+            c[0] += 1
+            cmd = self._groups[ns.group].cmd
+            if cmd is not None and self._follows(ns, cmd):
+                c[1] += 1
+            if ns.online is False:
+                c[2] += 1
+            elif ns.state is not None:
+                power[ns.group] += ns.state.power_w
+            if alarmed.get(node):
+                c[3] += 1
+        out = []
+        for group in self.cfg.lighting.groups:
+            st = self._groups[group.id]
+            w = st.wanted
+            nodes, following, offline, with_alarms = count[group.id]
+            out.append(
+                GroupTotals(
+                    group=group.id,
+                    level=w.level if w else 0.0,
+                    source=w.source if w else "unknown",
+                    lighting_class=w.lighting_class if w else None,
+                    nodes=nodes,
+                    nodes_following=following,
+                    nodes_offline=offline,
+                    nodes_alarm=with_alarms,
+                    power_w=power[group.id],
+                    energy_wh=max(0.0, st.energy_wh),
                 )
             )
         return out

@@ -11,20 +11,33 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from controller.aio import cancel_and_wait
 from controller.clock import Clock
-from controller.config import CityConfig
+from controller.config import CityConfig, LightingClass
 from controller.diagnostics import DropCounter
 from controller.lighting.core import LightingCore
+from controller.telemetry.recorder import Recorder
+from controller.telemetry.schema import (
+    alarm_mask,
+    light_fault,
+    light_group,
+    light_node_online,
+    light_node_state,
+    record,
+)
 from devices.lights import (
     OFFLINE,
     ONLINE,
+    AlarmEntry,
     CommandAck,
     GroupStatusEntry,
     LightingStatus,
     NodeAlarms,
+    NodeMode,
     NodeState,
     PayloadError,
     Topics,
@@ -57,7 +70,15 @@ class LightingStats:
 class LightingService:
     """Runs the street-lighting control loop over one :class:`MqttLink`."""
 
-    def __init__(self, cfg: CityConfig, link: MqttLink, clock: Clock, *, topics: Topics) -> None:
+    def __init__(
+        self,
+        cfg: CityConfig,
+        link: MqttLink,
+        clock: Clock,
+        *,
+        topics: Topics,
+        telemetry: Recorder | None = None,
+    ) -> None:
         self.cfg = cfg
         self.link = link
         self.clock = clock
@@ -74,6 +95,10 @@ class LightingService:
         self._last_status = float("-inf")
         self._lock = asyncio.Lock()
         self._scheduler: object | None = None
+        #: Where node states, faults and group summaries are recorded (``docs/telemetry.md``);
+        #: None records nothing.
+        self.telemetry = telemetry
+        self._alarm_kinds: dict[str, frozenset[str]] = {}
         root = topics.root
         link.subscribe(f"{root}/lights/node/+/state", self._on_node_message)
         link.subscribe(f"{root}/lights/node/+/availability", self._on_node_message)
@@ -104,6 +129,9 @@ class LightingService:
         its own timeout from the next transition.
         """
         self._start_scheduler()
+        intervals: asyncio.Task[None] | None = None
+        if self.telemetry is not None and self.clock.speed > 0:
+            intervals = asyncio.create_task(self._record_intervals(), name="lighting telemetry")
         try:
             while True:
                 timeout = self._timeout()
@@ -113,6 +141,8 @@ class LightingService:
                 await self.step()
         finally:
             self._stop_scheduler()
+            if intervals is not None:
+                await cancel_and_wait([intervals])
 
     def _timeout(self) -> float | None:
         speed = self.clock.speed
@@ -163,6 +193,8 @@ class LightingService:
                 log.debug("node %s lags its group: retry %d", r.node, r.attempt)
             up_for = 0.0 if self._connected_mono is None else mono - self._connected_mono
             for node, alarms in self.core.check_faults(now, mono, link_up_for_s=up_for).items():
+                if self.telemetry is not None:
+                    self._record_faults(node, alarms)
                 if alarms:
                     kinds = ", ".join(f"{a.kind} ({a.detail})" for a in alarms)
                     log.warning("node %s: %s", node, kinds)
@@ -243,6 +275,81 @@ class LightingService:
         if self.drops.total:
             log.info("%s", self.drops.summary())
 
+    # -- telemetry --------------------------------------------------------------------------
+    def record_groups(self, at: float | None = None) -> None:
+        """Record every group's ``light_group`` point (``at``: seconds since the epoch; None:
+        now). The interval task calls this with the interval's boundary."""
+        rec = self.telemetry
+        if rec is None:
+            return
+        for t in self.core.totals():
+            cls = None
+            if t.lighting_class is not None:
+                with contextlib.suppress(ValueError):
+                    cls = LightingClass(t.lighting_class).number
+            record(
+                rec,
+                light_group(
+                    t.group,
+                    level_pct=t.level,
+                    source=t.source,
+                    nodes=t.nodes,
+                    nodes_following=t.nodes_following,
+                    nodes_offline=t.nodes_offline,
+                    nodes_alarm=t.nodes_alarm,
+                    power_w=t.power_w,
+                    energy_wh=t.energy_wh,
+                    lighting_class=cls,
+                ),
+                at,
+            )
+
+    async def _record_intervals(self) -> None:
+        """Record the group summaries every ``telemetry.intervals.group_s`` of clock time, on
+        multiples of it (a 60 s interval records on the minute)."""
+        every = self.cfg.telemetry.intervals.group_s
+        last = -math.inf
+        while True:
+            now = self.clock.now().timestamp()
+            # A timer may fire a hair early: never the same boundary twice.
+            boundary = max((math.floor(now / every) + 1) * every, last + every)
+            await asyncio.sleep(max(0.01, (boundary - now) / self.clock.speed))
+            self.record_groups(at=boundary)
+            last = boundary
+
+    def _record_state(self, state: NodeState) -> None:
+        assert self.telemetry is not None
+        # The node's own time is when it measured; a node clock ahead of ours is not trusted.
+        at = min(state.ts.timestamp(), self.clock.now().timestamp())
+        active = self.core.faults.active.get(state.node, {})
+        sample = light_node_state(
+            self.core.node_group(state.node),
+            state.node,
+            level_pct=state.level,
+            power_w=state.power_w,
+            energy_wh=state.energy_wh,
+            burn_h=state.burn_h,
+            switches=state.switches,
+            fallback=state.mode is NodeMode.FALLBACK,
+            faults=alarm_mask(f.value for f in state.faults),
+            alarms=alarm_mask(active),
+        )
+        record(self.telemetry, sample, at)
+
+    def _record_faults(self, node: str, alarms: list[AlarmEntry]) -> None:
+        assert self.telemetry is not None
+        kinds = frozenset(a.kind for a in alarms)
+        old = self._alarm_kinds.get(node, frozenset())
+        if kinds:
+            self._alarm_kinds[node] = kinds
+        else:
+            self._alarm_kinds.pop(node, None)
+        group = self.core.node_group(node)
+        for kind in sorted(old - kinds):
+            record(self.telemetry, light_fault(group, node, kind, False))
+        for kind in sorted(kinds - old):
+            record(self.telemetry, light_fault(group, node, kind, True))
+
     # -- scheduling -------------------------------------------------------------------------
     def _start_scheduler(self) -> None:
         if not self.clock.is_real:
@@ -305,8 +412,12 @@ class LightingService:
                 state = decode(NodeState, payload)
                 if state.node != node:
                     raise PayloadError("node", f"{state.node!r} does not match the topic's node")
+                prev = self.core.node_state(node)
                 self.core.on_node_state(state, mono)
                 self.stats.states += 1
+                if self.telemetry is not None and state != prev:
+                    # The same state again is a retained copy (a reconnect): recorded once.
+                    self._record_state(state)
             elif leaf == "availability":
                 text = payload.decode("utf-8", "replace").strip()
                 if text not in (ONLINE, OFFLINE):
@@ -315,7 +426,11 @@ class LightingService:
                             "", f"availability must be 'online' or 'offline', got {text[:40]!r}"
                         )
                     return
+                was = self.core.node_online(node)
                 self.core.on_node_availability(node, text == ONLINE, mono)
+                if self.telemetry is not None and was is not (text == ONLINE):
+                    group = self.core.node_group(node)
+                    record(self.telemetry, light_node_online(group, node, text == ONLINE))
                 if text == ONLINE:
                     self.wake()  # a node came back: it may need a retry
             elif leaf == "ack":

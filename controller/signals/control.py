@@ -28,7 +28,7 @@ from controller.signals.detectors import DetectorBank, DetectorSettings, Traffic
 from controller.signals.engine import EngineOutput, PhaseEngine, Request
 from controller.signals.model import Intersection, Signal
 from controller.signals.safety import SafetyMonitor, Violation
-from controller.signals.strategies import AdaptiveConfig, StrategySelector
+from controller.signals.strategies import AdaptiveConfig, Strategy, StrategySelector
 
 __all__ = ["ControlStats", "ControlStep", "IntersectionControl"]
 
@@ -99,6 +99,8 @@ class IntersectionControl:
         self.monitor = SafetyMonitor(x)
         self.output: EngineOutput = self.engine.output
         self.view: TrafficView | None = None
+        self.strategy: Strategy | None = None
+        """The strategy of the latest step (its state explains the request, for telemetry)."""
         self.flash_reason: str | None = None
         self._last_stage: str | None = None
         coord = x.config.coordination
@@ -134,6 +136,7 @@ class IntersectionControl:
         view = self.detectors.view(now)
         self.view = view
         strategy = self.strategies.current(local)
+        self.strategy = strategy
         if self.flash_reason is None:
             request = strategy.decide(now, self.output, view)
         else:

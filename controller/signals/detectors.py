@@ -60,6 +60,7 @@ __all__ = [
     "DetectorBank",
     "DetectorEvent",
     "DetectorSettings",
+    "DetectorTotal",
     "FaultKind",
     "GroupView",
     "TrafficView",
@@ -131,6 +132,21 @@ class DetectorEvent:
     t: float
     alarm: DetectorAlarm
     active: bool
+
+
+@dataclass(frozen=True)
+class DetectorTotal:
+    """One detector's cumulative readings (only the believable ones) and its health."""
+
+    detector: str
+    group: str
+    kind: DetectorKind
+    count: int
+    """Actuations (loops, camera crossings) or presses (push buttons)."""
+    occupied_s: float
+    """Seconds its presence was on (loops with an occupancy register; else 0)."""
+    fault: FaultKind | None
+    """The diagnosis while the detector is FAILED, else None."""
 
 
 @dataclass(frozen=True)
@@ -434,6 +450,14 @@ class DetectorBank:
     def counts(self) -> dict[str, int]:
         """Unwrapped counts per detector since the bank started."""
         return {d.id: d.count for d in self._dets.values()}
+
+    def totals(self) -> list[DetectorTotal]:
+        """Every detector's cumulative count and occupied time since the bank started, with
+        its health (for interval telemetry: the difference of two calls is one interval)."""
+        return [
+            DetectorTotal(d.id, self.x.groups[d.gidx].id, d.kind, d.count, d.occupied_s, d.fault)
+            for d in self._dets.values()
+        ]
 
     def diagnostics(self) -> dict[str, dict[str, object]]:
         """Per detector: status, count, occupancy, garbage and erratic readings."""

@@ -22,6 +22,10 @@ it wrote. Everything else is a hand-over through all red, the way the cabinet's 
 
 A violation caught by the controller's own monitor puts the intersection into flash (the
 runner asks the cabinet to flash) until :meth:`IntersectionRunner.clear_flash`.
+
+Given a recorder (``telemetry=``), a runner also records its event log, detector intervals,
+decisions and state (:mod:`controller.signals.telemetry`, ``docs/telemetry.md``); without one
+it spends nothing on it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from controller.diagnostics import DropCounter
 from controller.signals.control import IntersectionControl, LocalTime
 from controller.signals.model import DetectorKind, Intersection, Signal, SignalsSettings
 from controller.signals.strategies import AdaptiveConfig
+from controller.signals.telemetry import IntersectionTelemetry
+from controller.telemetry.recorder import Recorder
 from devices.cabinet import CabinetMode, CabinetStatus, Command, FaultCode, RegisterError
 from devices.cameras import CameraCounts, camera_from_topic
 from devices.lights import PayloadError, Topics, decode
@@ -122,6 +128,8 @@ class IntersectionRunner:
         local_time: Callable[[], LocalTime],
         upstream_greens: Callable[[], Sequence[float]] | None = None,
         adaptive: AdaptiveConfig | None = None,
+        telemetry: Recorder | None = None,
+        detector_interval_s: float = 60.0,
     ) -> None:
         self.x = x
         self.settings = settings
@@ -142,6 +150,12 @@ class IntersectionRunner:
             d for d in x.config.detectors if d.kind is DetectorKind.CAMERA and d.camera
         ]
         self._register_errors_in_row = 0
+        #: Recording (``docs/telemetry.md``); None: nothing is recorded and nothing is spent.
+        self.telemetry: IntersectionTelemetry | None = (
+            IntersectionTelemetry(x, telemetry, interval_s=detector_interval_s)
+            if telemetry is not None
+            else None
+        )
 
     # -- operator actions -------------------------------------------------------------------
     def reset_cabinet_fault(self) -> None:
@@ -161,6 +175,9 @@ class IntersectionRunner:
         self.stats.steps += 1
         now = self.monotonic()
         status = await self._read(now)
+        tel = self.telemetry
+        if tel is not None:
+            tel.read(status, now)
         if status is None:
             if not self.link.up and self.sync != "down":
                 if self.sync == "control":
@@ -172,6 +189,8 @@ class IntersectionRunner:
                 # A value we cannot trust: write on (the heartbeat must not stop), decide on
                 # the detectors we have.
                 await self._control_step(now)
+            if tel is not None:
+                tel.after_step(self, now)
             return
         self._clear("cabinet_down")
         self._judge(status, now)
@@ -181,10 +200,18 @@ class IntersectionRunner:
             await self._write(tuple(int(s) for s in self.control.output.signals), Command.FLASH)
         else:
             await self._handover_step(status, now)
+        if tel is not None:
+            tel.after_step(self, now)
 
     async def _control_step(self, now: float) -> None:
         self.stats.control_steps += 1
-        st = self.control.step(now, self.local_time())
+        tel = self.telemetry
+        if tel is None:
+            st = self.control.step(now, self.local_time())
+        else:
+            seen, max_outs = self.control.output, self.control.stats.max_outs
+            st = self.control.step(now, self.local_time())
+            tel.control_step(self.control, st, seen, self.control.stats.max_outs > max_outs, now)
         if st.violations:
             text = "; ".join(f"{v.kind} {'/'.join(v.groups)}: {v.detail}" for v in st.violations)
             log.error("%s: SAFETY VIOLATION — flashing: %s", self.x.id, text)
@@ -327,6 +354,8 @@ class IntersectionRunner:
     # -- detectors, cameras, alarms ---------------------------------------------------------
     def _detector_alarms(self) -> None:
         for ev in self.control.detectors.take_events():
+            if self.telemetry is not None:
+                self.telemetry.detector_alarm(ev)
             key = f"detector:{ev.alarm.detector}"
             if ev.active:
                 self._alarm(key, f"{ev.alarm.kind}: {ev.alarm.detail} (constant call)")
@@ -413,6 +442,8 @@ class SignalsService:
         local_time: Callable[[], dt.datetime],
         adaptive: AdaptiveConfig | None = None,
         summary_s: float = 60.0,
+        telemetry: Recorder | None = None,
+        detector_interval_s: float = 60.0,
     ) -> None:
         self.settings = settings
         self.summary_s = summary_s
@@ -436,6 +467,8 @@ class SignalsService:
                 local_time=local_time,
                 upstream_greens=feed,
                 adaptive=adaptive,
+                telemetry=telemetry,
+                detector_interval_s=detector_interval_s,
             )
         self.drops = DropCounter(log, "camera payload")
         self._last_status = float("-inf")

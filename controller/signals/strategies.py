@@ -49,6 +49,7 @@ __all__ = [
     "StageTiming",
     "Strategy",
     "StrategySelector",
+    "decision_reason",
     "webster_plan",
 ]
 
@@ -500,6 +501,10 @@ class _Decision:
     t: float
     request: Request
     costs: dict[str, float]
+    kind: str = "switch"
+    """Which rule decided: guard, rest, gap_out, early, hold or switch (telemetry)."""
+    hold_s: float = 0.0
+    """For a hold: how much longer the running stage is held."""
 
 
 class Adaptive:
@@ -596,6 +601,19 @@ class Adaptive:
         """The costs of the latest decision's candidates (for logs and tests)."""
         return dict(self._last.costs) if self._last else {}
 
+    @property
+    def last_reason(self) -> str | None:
+        """Which rule took the latest decision (None in a clearance): ``guard`` (a group
+        waited its limit), ``rest`` (nobody else waits), ``gap_out`` (the stage ran empty),
+        ``early`` (before the minimum green: the likeliest next stage is named), ``hold`` or
+        ``switch`` (the rollout's choice)."""
+        return self._last.kind if self._last else None
+
+    @property
+    def last_hold_s(self) -> float:
+        """How much longer the latest ``hold`` decision holds the stage (0 otherwise)."""
+        return self._last.hold_s if self._last else 0.0
+
     def notify_upstream_green(self, t: float) -> None:
         """The upstream intersection's arterial stage turned green at ``t``."""
         if not self._upstream or t > self._upstream[-1]:
@@ -637,26 +655,26 @@ class Adaptive:
         guard = self._guard(now, stage, view)
         if guard is not None:
             req = Request(next_stage=guard, end_green=True, peds=peds - here_peds)
-            self._last = _Decision(stage, now, req, {})
+            self._last = _Decision(stage, now, req, {}, "guard")
             return req
         targets = self._targets(stage, view)
         if not targets:
             # Nobody waits elsewhere: rest in green, and walk a crossing of this stage that
             # calls meanwhile (it holds the stage for its walk and clearance).
             req = Request(peds=peds)
-            self._last = _Decision(stage, now, req, {})
+            self._last = _Decision(stage, now, req, {}, "rest")
             return req
         gap_out = self._gap_out(now, stage, view, targets)
         if gap_out is not None:
             req = Request(next_stage=gap_out, end_green=True, peds=peds - here_peds)
-            self._last = _Decision(stage, now, req, {})
+            self._last = _Decision(stage, now, req, {}, "gap_out")
             return req
         min_left = min(self._min_left(now, out, stage, s) for s in targets)
         if min_left > self.cfg.decision_interval_s:
             # Too early to end: name the likeliest next stage, decide later.
             nxt = max(targets, key=lambda s: self._pressure(s, stage, view))
             req = Request(next_stage=nxt, peds=peds - here_peds)
-            self._last = _Decision(stage, now, req, {})
+            self._last = _Decision(stage, now, req, {}, "early")
             return req
         req = self._evaluate(now, out, view, targets, peds, here_peds)
         return req
@@ -826,13 +844,14 @@ class Adaptive:
         if min_left < clear < max_left:
             holds.add(clear)
         best_hold = math.inf
+        best_h = 0.0
         walk_next = nxt not in defer
         worse = 0
         for h in sorted(holds):
             cost = model.rollout(stage, h, nxt, walk=walk_next)
             costs[f"hold:{h:g}"] = cost
             if cost < best_hold:
-                best_hold, worse = cost, 0
+                best_hold, best_h, worse = cost, h, 0
             else:
                 # The cost of a hold is, in practice, unimodal in its length: two longer holds
                 # in a row that cost more end the search (it halves the rollouts).
@@ -853,9 +872,10 @@ class Adaptive:
                 if self.x.groups[i].min_green_total_s + self.x.clearance[i] <= max_left
             )
             req = Request(next_stage=nxt, peds=peds - (here_peds - fits))
+            self._last = _Decision(stage, now, req, costs, "hold", best_h)
         else:
             req = Request(next_stage=nxt, end_green=True, peds=peds - here_peds)
-        self._last = _Decision(stage, now, req, costs)
+            self._last = _Decision(stage, now, req, costs, "switch")
         return req
 
 
@@ -1174,6 +1194,26 @@ class StrategySelector:
             strategy = Adaptive(self.x, self._adaptive_cfg, upstream_greens=self._upstream)
         self._cache[key] = strategy
         return strategy
+
+
+def decision_reason(strategy: Strategy, out: EngineOutput, request: Request) -> str:
+    """Why ``strategy`` asked ``request`` at ``out``, in a word (telemetry, logs).
+
+    ``rest`` nobody else waits; actuated: ``extend`` (vehicles keep the gap) or ``gap_out``;
+    fixed-time: ``scheduled`` (inside its window) or ``force_off``; adaptive: see
+    :attr:`Adaptive.last_reason`. ``other`` outside a green.
+    """
+    if out.phase != "green":
+        return "other"
+    if isinstance(strategy, Adaptive):
+        return strategy.last_reason or "other"
+    if request.next_stage is None or request.next_stage == out.stage:
+        return "rest"
+    if isinstance(strategy, Actuated):
+        return "gap_out" if request.end_green else "extend"
+    if isinstance(strategy, FixedTime):
+        return "force_off" if request.end_green else "scheduled"
+    return "switch" if request.end_green else "hold"
 
 
 def _signals_green(out: EngineOutput) -> frozenset[int]:
