@@ -11,12 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,8 @@ from schedules.model import LightingCalendar, LightingProgram, Location, Overrid
 from schedules.validate import check_calendar, check_program
 
 __all__ = [
+    "ApiConfig",
+    "ApiToken",
     "CityConfig",
     "ConfigError",
     "ConfigIssue",
@@ -45,6 +47,7 @@ __all__ = [
     "expand_node_ids",
     "load_config",
     "parse_config",
+    "validate_data",
 ]
 
 
@@ -502,6 +505,49 @@ class TelemetryConfig(_Strict):
         return self.outbox.path if self.outbox.path is not None else state_dir / "telemetry.sqlite"
 
 
+class ApiToken(_Strict):
+    """One API token: who it is, what it may do, where its secret is (never in the file)."""
+
+    name: Ident = Field(description="Who uses it; written in the audit log.")
+    role: Literal["viewer", "engineer", "admin"] = Field(
+        description="viewer: reads; engineer: schedules, overrides, incidents; admin: everything."
+    )
+    token_env: str | None = Field(default=None, description="Read the token from this env var.")
+    token_file: Path | None = Field(default=None, description="Read the token from this file.")
+    token_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Or: only the SHA-256 (hex) of the token is kept here.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiToken:
+        given = [x for x in (self.token_env, self.token_file, self.token_sha256) if x]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token_env, token_file, token_sha256")
+        return self
+
+
+class ApiConfig(_Strict):
+    """The HTTP API and the engineers' web page, served from the controller's own loop."""
+
+    enabled: bool = Field(default=True, description="Serve the API and the page.")
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port (0: any free one).")
+    open_reads: bool = Field(
+        default=False, description="Allow reads without a token (writes always need one)."
+    )
+    tokens: list[ApiToken] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ApiConfig:
+        names = [t.name for t in self.tokens]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate token names: {', '.join(dup)}")
+        return self
+
+
 class CityConfig(_Strict):
     """The whole deployment."""
 
@@ -511,6 +557,7 @@ class CityConfig(_Strict):
     lighting: LightingSettings
     signals: SignalsSettings = Field(default_factory=SignalsSettings)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
     def intersections(self) -> list[Intersection]:
         """Every intersection, validated and derived (the config loader already checked them)."""
@@ -643,7 +690,7 @@ def _yaml_lines(text: str) -> dict[str, int]:
     return lines
 
 
-def _line_for(lines: dict[str, int], path: str) -> int | None:
+def _line_for(lines: Mapping[str, int], path: str) -> int | None:
     p = path
     while p:
         if p in lines:
@@ -876,6 +923,19 @@ def parse_config(text: str, *, source: str = "config") -> tuple[CityConfig, list
     lines = _yaml_lines(text)
     site = data.get("site")
     _localise_overrides(data, site.get("timezone") if isinstance(site, dict) else None)
+    return validate_data(data, source=source, lines=lines)
+
+
+def validate_data(
+    data: dict[str, Any], *, source: str = "config", lines: Mapping[str, int] | None = None
+) -> tuple[CityConfig, list[ConfigIssue]]:
+    """Validate config data already read (a mapping as YAML gives it, model instances allowed).
+
+    The same rules as :func:`parse_config` and ``cityctl validate``: field errors with their
+    dotted paths, names that refer to each other, schedule sanity. Returns the config and its
+    warnings; raises :class:`ConfigError` on any error. ``lines`` maps paths to line numbers.
+    """
+    lines = lines or {}
     try:
         cfg = CityConfig.model_validate(data)
     except ValidationError as exc:

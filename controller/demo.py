@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
+import shutil
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +148,7 @@ async def run_demo(
     duration_s: float | None = None,
     broker_port: int = 0,
     faults: bool = True,
+    api_port: int | None = None,
 ) -> int:
     """Run the demo until cancelled or for ``duration_s`` real seconds."""
     clock = ScaledClock(start_instant(cfg, start), speed)
@@ -154,27 +157,33 @@ async def run_demo(
     # nodes' periodic report to at least every 3 real seconds: 200 nodes reporting every
     # clock minute at 900× would be 3,000 messages a second, more than the pure-Python
     # embedded broker carries, and every command would then arrive stale.
-    # The same holds for the per-node retry: give a node one real second to answer.
+    # The same holds for the per-node retry: give a node one real second to answer (within
+    # the 600 s the config allows: two thirds of a second at 900×).
     lt = cfg.lighting
     faults_cfg = lt.faults.model_copy(
         update={"stale_after_s": max(lt.faults.stale_after_s, 10 * speed)}
     )
     lt = lt.model_copy(
-        update={"faults": faults_cfg, "retry_after_s": max(lt.retry_after_s, 1.0 * speed)}
-    )
-    # Telemetry of a demo is in simulated time: it goes to an outbox of its own, started
-    # afresh each run, and never to a configured database.
-    demo_state = cfg.controller.state_dir / "demo"
-    demo_outbox = demo_state / "telemetry.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        demo_outbox.with_name(demo_outbox.name + suffix).unlink(missing_ok=True)
-    tel = cfg.telemetry.model_copy(
         update={
-            "influx": None,
-            "outbox": cfg.telemetry.outbox.model_copy(update={"path": demo_outbox}),
+            "faults": faults_cfg,
+            "retry_after_s": min(600.0, max(lt.retry_after_s, 1.0 * speed)),
         }
     )
-    cfg = cfg.model_copy(update={"lighting": lt, "telemetry": tel})
+    # A demo keeps its state (telemetry in simulated time, overrides, the audit log) in a
+    # directory of its own, started afresh each run; its telemetry never goes to a database.
+    demo_state = cfg.controller.state_dir / "demo"
+    shutil.rmtree(demo_state, ignore_errors=True)
+    demo_outbox = demo_state / "telemetry.sqlite"
+    tel = cfg.telemetry.model_copy(
+        update={"influx": None, "outbox": cfg.telemetry.outbox.model_copy(update={"path": None})}
+    )
+    cfg = cfg.model_copy(
+        update={
+            "lighting": lt,
+            "telemetry": tel,
+            "controller": cfg.controller.model_copy(update={"state_dir": demo_state}),
+        }
+    )
     tz = cfg.location.tz
     started = clock.now()
     broker = EmbeddedBroker(broker_port)
@@ -207,6 +216,9 @@ async def run_demo(
     # demo clock's time of day, cameras on the embedded broker. Signals run in real time (the
     # cabinets' heartbeat watchdogs count real seconds); only the time of day is accelerated.
     xs = cfg.intersections()
+    # Ports chosen up front, so the controller is built before the cabinets start: a cabinet's
+    # heartbeat watchdog runs from its start, and the controller's first write must beat it.
+    ports = {x.id: _any_free_port() for x in xs}
     site = SimulatedSite(
         xs,
         cfg.signals,
@@ -216,6 +228,7 @@ async def run_demo(
         seed="demo",
         publish=publish,
         topics=Topics(cfg.mqtt.prefix),
+        ports=ports,
     )
     controller: Controller | None = None
     tasks: list[asyncio.Task[Any]] = []
@@ -224,13 +237,30 @@ async def run_demo(
         log.info(
             "%d simulated light nodes online in %.1f s", sim.stats.online, sim.stats.connect_s or 0
         )
+        token = secrets.token_urlsafe(18)
+        controller = Controller(
+            cfg,
+            clock=clock,
+            mqtt=settings,
+            cabinets={xid: ("127.0.0.1", port) for xid, port in ports.items()},
+            api_tokens={"demo": ("admin", token)},
+            api_port=api_port if api_port is not None else _free_or(8080),
+        )
+        if controller.signals is not None:
+            controller.signals.summary_s = 10.0
         await site.start()
         for xid, (h, p) in site.addresses.items():
             log.info("simulated cabinet %s on modbus tcp %s:%d", xid, h, p)
-        controller = Controller(cfg, clock=clock, mqtt=settings, cabinets=site.addresses)
-        if controller.signals is not None:
-            controller.signals.summary_s = 10.0
         await controller.start()
+        if controller.api is not None:
+            log.info(
+                "API: %s/api/v1/groups — token (admin): %s   e.g. curl -H 'Authorization:"
+                " Bearer %s' %s/api/v1/groups",
+                controller.api.url,
+                token,
+                token,
+                controller.api.url,
+            )
         tasks.append(asyncio.create_task(counters_link.run(), name="counters-link"))
 
         tasks.append(
@@ -357,3 +387,21 @@ async def _signal_faults(site: SimulatedSite) -> None:
         for value in (9000, 120, 40000):
             cab.inject_garbage(IR.DET_COUNT + ch, value, 0.5)
             await asyncio.sleep(0.7)
+
+
+def _any_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _free_or(port: int) -> int:
+    """``port`` if nothing listens there, else 0 (any free port)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port

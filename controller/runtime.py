@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from controller.aio import cancel_and_wait
+from controller.api.app import ApiContext, create_app
+from controller.api.audit import AuditLog
+from controller.api.auth import Role, TokenBook
+from controller.api.server import ApiServer
 from controller.clock import Clock, SystemClock
 from controller.config import CityConfig
+from controller.incidents import Directory, IncidentError, open_incidents, runtime_faults
 from controller.lighting.service import LightingService
 from controller.signals.service import SignalsService, with_cabinets
 from controller.telemetry.lineproto import FieldValue
 from controller.telemetry.service import TelemetryService
+from controller.workbench.overrides import OverrideStore
+from controller.workbench.schedules import ScheduleStore
 from devices.lights import OFFLINE, Topics
 from devices.mqtt import LinkDown, MqttLink, MqttSettings, Will
 
@@ -47,9 +56,19 @@ class Controller:
         mqtt: MqttSettings | None = None,
         cabinets: Mapping[str, tuple[str, int]] | None = None,
         signals: bool = True,
+        api_tokens: Mapping[str, tuple[str, str]] | None = None,
+        api_port: int | None = None,
     ) -> None:
-        self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
+        # The schedule that runs is the store's current version: edits made over the API
+        # survive restarts, and an edited config file wins (a new version "config.yaml").
+        wb = cfg.controller.state_dir / "workbench.sqlite"
+        self.schedules = ScheduleStore(wb, self.clock)
+        accepted = self.schedules.bootstrap(cfg)
+        if accepted.created:
+            log.info("schedule version %d: %s", accepted.version.version, accepted.version.comment)
+        cfg = accepted.config
+        self.cfg = cfg
         self.topics = Topics(cfg.mqtt.prefix)
         client_id = cfg.mqtt.client_id or cfg.controller.id
         will = Will(self.topics.controller_availability(cfg.controller.id), OFFLINE.encode())
@@ -100,6 +119,60 @@ class Controller:
                 detector_interval_s=cfg.telemetry.intervals.detector_s,
             )
         self._tasks: list[asyncio.Task[None]] = []
+        # The workbench state (overrides made over the API, the audit log) and the API.
+        self.schedules.on_apply = self._apply_schedule
+        self.overrides = OverrideStore(wb, self.clock.now)
+        # Incidents are people's cases: timed in real time, like the audit log.
+        self.incidents, self._incident_store = open_incidents(
+            cfg.controller.state_dir,
+            Directory.from_config(cfg),
+            now=lambda: dt.datetime.now(dt.UTC),
+        )
+        self.api: ApiServer | None = None
+        self.api_context: ApiContext | None = None
+        if cfg.api.enabled:
+            self._build_api(wb, api_tokens or {}, api_port)
+
+    def _build_api(self, wb: Path, extra: Mapping[str, tuple[str, str]], port: int | None) -> None:
+        """The API, when someone can use it: tokens configured, given, or open reads."""
+        tokens = TokenBook.from_config(self.cfg.api.tokens)
+        for name, (role, secret) in extra.items():
+            tokens.add(name, Role.parse(role), secret)
+        if not len(tokens) and not self.cfg.api.open_reads:
+            log.info("API not started: no api.tokens configured and api.open_reads is off")
+            return
+        self.api_context = ApiContext(
+            cfg=lambda: self.cfg,
+            clock=self.clock,
+            lighting=self.lighting,
+            tokens=tokens,
+            # People's actions are logged in real time, whatever clock the controller runs on.
+            audit=AuditLog(wb, lambda: dt.datetime.now(dt.UTC)),
+            overrides=self.overrides,
+            on_overrides_changed=self.apply_overrides,
+            signals=self.signals,
+            telemetry=self.telemetry,
+            incidents=self.incidents,
+            schedules=self.schedules,
+            open_reads=self.cfg.api.open_reads,
+        )
+        self.api = ApiServer(
+            create_app(self.api_context),
+            self.cfg.api.host,
+            self.cfg.api.port if port is None else port,
+        )
+
+    def _apply_schedule(self, cfg: CityConfig) -> None:
+        """A new schedule version runs now (called inside its store transaction: raising
+        keeps the version out of the store and the old schedule running)."""
+        self.lighting.apply_config(cfg)
+        self.cfg = cfg
+        log.info("a new schedule version runs now")
+
+    def apply_overrides(self) -> None:
+        """The config's overrides and the stored ones (API), applied now."""
+        stored = [r.override for r in self.overrides.active()]
+        self.lighting.set_overrides([*self.cfg.lighting.overrides, *stored])
 
     async def start(self) -> None:
         """Start the link and the loops; returns at once."""
@@ -115,6 +188,7 @@ class Controller:
         )
         if self.telemetry is not None:
             await self.telemetry.start()
+        self.apply_overrides()  # overrides made over the API survive restarts
         self._tasks = [
             asyncio.create_task(self.link.run(), name="mqtt-link"),
             asyncio.create_task(self.lighting.run(), name="lighting-loop"),
@@ -125,17 +199,51 @@ class Controller:
             self._tasks.append(
                 asyncio.create_task(self._telemetry_status(), name="telemetry-status")
             )
+        self._tasks.append(asyncio.create_task(self._incident_loop(), name="incidents"))
+        if self.api is not None:
+            # After the control loops: a cabinet's heartbeat watchdog counts from its start,
+            # and uvicorn's first start-up (imports, sockets) must not delay the first write.
+            await self.api.start()
 
     async def stop(self) -> None:
         """Say goodbye (retained offline) and stop every task."""
         await self.link.close(
             goodbye=(self.topics.controller_availability(self.cfg.controller.id), OFFLINE.encode())
         )
+        if self.api is not None:
+            await self.api.stop()
         await cancel_and_wait(self._tasks)
         self._tasks = []
         if self.telemetry is not None:
             await self.telemetry.stop()
         log.info("controller %s stopped", self.cfg.controller.id)
+
+    def close(self) -> None:
+        """Close the workbench files (after :meth:`stop`; a stopped controller can restart)."""
+        self._incident_store.close()
+        self.overrides.close()
+        self.schedules.close()
+        if self.api_context is not None:
+            self.api_context.audit.close()
+
+    async def _incident_loop(self) -> None:
+        """Once a second: open, re-open and clear incidents from the alarms active now."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                changed = self.incidents.sync(runtime_faults(self))
+            except IncidentError as e:  # the store could not write: try again next second
+                log.error("incidents: %s", e)
+                continue
+            for inc in changed:
+                log.info(
+                    "incident %s: %s — %s %s: %s",
+                    inc.id,
+                    inc.state.value,
+                    inc.device_kind,
+                    inc.device_id,
+                    inc.fault_kind or inc.hint,
+                )
 
     async def _telemetry_status(self) -> None:
         """Publish the telemetry status (outbox, database, alarms) retained, now and then."""

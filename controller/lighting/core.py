@@ -173,6 +173,38 @@ class LightingCore:
             g.id: self.cfg.group_schedule(g.id, self.overrides) for g in self.cfg.lighting.groups
         }
 
+    def reconfigure(self, cfg: CityConfig) -> None:
+        """Run new programs, calendars and group assignments from now on, all or nothing.
+
+        The new schedules are built before anything is replaced, so a config that fails
+        (``ValueError``: say, a calendar naming an unknown program) leaves the old schedule in
+        force. Node states, faults, energy and the commands sent are kept; the next
+        :meth:`plan` sends the groups whose wanted level changed. Groups, nodes, traffic and
+        fault settings must stay as they are: changing those needs a restart.
+        """
+        old, new = self.cfg.lighting, cfg.lighting
+        for what, a, b in (
+            ("groups", _group_shapes(old.groups), _group_shapes(new.groups)),
+            # By id: the group objects themselves carry the assignment, which may change.
+            (
+                "nodes",
+                [(g.id, n, w, m) for g, n, w, m in self.cfg.nodes()],
+                [(g.id, n, w, m) for g, n, w, m in cfg.nodes()],
+            ),
+            ("traffic settings", old.traffic, new.traffic),
+            ("fault settings", old.faults, new.faults),
+        ):
+            if a != b:
+                raise ValueError(f"the {what} changed: that needs a restart, not a reconfigure")
+        try:
+            schedules = {g.id: cfg.group_schedule(g.id, self.overrides) for g in new.groups}
+        except KeyError as exc:  # a group's calendar is missing
+            raise ValueError(f"unknown calendar {exc.args[0]!r}") from None
+        self.cfg = cfg
+        self._schedules = schedules
+        for st in self._groups.values():
+            st.fallback_night = None  # tonight's stored fallback may be another program now
+
     def set_overrides(self, overrides: Iterable[Override]) -> None:
         """Replace the active overrides (the API's and the config's)."""
         self.overrides = list(overrides)
@@ -479,6 +511,11 @@ class LightingCore:
             for ns in self._nodes.values()
             if ns.group == group and ns.online
         )
+
+
+def _group_shapes(groups: Iterable[LightGroup]) -> list[LightGroup]:
+    """The groups without what the schedule decides (their program or calendar)."""
+    return [g.model_copy(update={"program": None, "calendar": None}) for g in groups]
 
 
 def _night(now: dt.datetime, gs: GroupSchedule) -> dt.date:

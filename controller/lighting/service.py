@@ -458,6 +458,17 @@ class LightingService:
         if self.core.on_traffic(segment, count.per_hour, self.clock.monotonic()):
             self.wake()
 
+    # -- configuration ----------------------------------------------------------------------
+    def apply_config(self, cfg: CityConfig) -> None:
+        """Run a new schedule (programs, calendars, assignments) at once, without a restart.
+
+        Raises (``ValueError``) and changes nothing when the config cannot be applied; see
+        :meth:`LightingCore.reconfigure`. Otherwise the loop wakes and the nodes follow.
+        """
+        self.core.reconfigure(cfg)
+        self.cfg = cfg
+        self.wake()
+
     # -- overrides --------------------------------------------------------------------------
     def set_overrides(self, overrides: Iterable[Override]) -> None:
         """Replace the active overrides and recompute at once."""

@@ -1,0 +1,1 @@
+"""The engineers' workbench state: schedule versions, overrides, the audit log (SQLite)."""
