@@ -216,21 +216,12 @@ async def run_demo(
     # demo clock's time of day, cameras on the embedded broker. Signals run in real time (the
     # cabinets' heartbeat watchdogs count real seconds); only the time of day is accelerated.
     xs = cfg.intersections()
-    # Ports chosen up front, so the controller is built before the cabinets start: a cabinet's
-    # heartbeat watchdog runs from its start, and the controller's first write must beat it.
+    # Ports chosen up front, and the controller built before the cabinets: a cabinet's
+    # heartbeat watchdog runs from the moment it is created, and building the controller
+    # (validating the schedule) takes a moment the cabinet must not count.
     ports = {x.id: _any_free_port() for x in xs}
-    site = SimulatedSite(
-        xs,
-        cfg.signals,
-        level=0.8,
-        start_local=clock.now().astimezone(tz),
-        time_scale=speed,
-        seed="demo",
-        publish=publish,
-        topics=Topics(cfg.mqtt.prefix),
-        ports=ports,
-    )
     controller: Controller | None = None
+    site: SimulatedSite | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await sim.start()
@@ -248,6 +239,17 @@ async def run_demo(
         )
         if controller.signals is not None:
             controller.signals.summary_s = 10.0
+        site = SimulatedSite(
+            xs,
+            cfg.signals,
+            level=0.8,
+            start_local=clock.now().astimezone(tz),
+            time_scale=speed,
+            seed="demo",
+            publish=publish,
+            topics=Topics(cfg.mqtt.prefix),
+            ports=ports,
+        )
         await site.start()
         for xid, (h, p) in site.addresses.items():
             log.info("simulated cabinet %s on modbus tcp %s:%d", xid, h, p)
@@ -297,10 +299,11 @@ async def run_demo(
         if controller is not None:
             await controller.stop()
         await counters_link.close()
-        await site.stop()
+        if site is not None:
+            await site.stop()
         await sim.stop()
         await broker.stop()
-    if controller is None:
+    if controller is None or site is None:
         return 1
     if controller.signals is not None:
         for xid, r in controller.signals.runners.items():

@@ -2,9 +2,10 @@
 and as a chart of transition times through the seasons.
 
 The only IO in :mod:`schedules` is here, in :func:`plot_night` and :func:`plot_year`, which
-write PNG files. They draw on a matplotlib ``Figure`` with the Agg canvas directly, not through
-``pyplot``: no GUI backend, no global figure state, safe to call from any thread of the
-controller's process. matplotlib is imported only when a plot is drawn.
+write PNG files (or, given a binary file object and ``fmt``, any format matplotlib writes, such
+as the SVG the HTTP API serves). They draw on a matplotlib ``Figure`` with the Agg canvas
+directly, not through ``pyplot``: no GUI backend, no global figure state, safe to call from any
+thread of the controller's process. matplotlib is imported only when a plot is drawn.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, overload
 
 from schedules.energy import LampPowerModel
 from schedules.evaluate import (
@@ -276,9 +277,22 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def plot_night(group: GroupSchedule, night: dt.date, path: str | Path) -> Path:
+@overload
+def plot_night(
+    group: GroupSchedule, night: dt.date, path: str | Path, *, fmt: str = ...
+) -> Path: ...
+@overload
+def plot_night(
+    group: GroupSchedule, night: dt.date, path: BinaryIO, *, fmt: str = ...
+) -> BinaryIO: ...
+def plot_night(
+    group: GroupSchedule, night: dt.date, path: str | Path | BinaryIO, *, fmt: str = "png"
+) -> Path | BinaryIO:
     """Write a PNG of the night's level (steps and ramps) from 12:00 to 12:00 local time,
-    with the sun events marked. Returns the path written."""
+    with the sun events marked. Returns the path written.
+
+    ``path`` may also be a binary file object (an ``io.BytesIO``); ``fmt`` is the format
+    written (``"png"``, ``"svg"`` …)."""
     from matplotlib import dates
 
     mdates: Any = dates  # its locators and formatters carry no type hints
@@ -333,8 +347,14 @@ def plot_night(group: GroupSchedule, night: dt.date, path: str | Path) -> Path:
     ax.xaxis.set_major_locator(mdates.HourLocator(interval=2, tz=tz))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
     ax.grid(True, alpha=0.3)
-    out = Path(path)
-    fig.savefig(out, format="png")
+    return _save(fig, path, fmt)
+
+
+def _save(fig: Any, path: str | Path | BinaryIO, fmt: str) -> Path | BinaryIO:
+    """Save ``fig`` to a path (returned as a :class:`Path`) or a binary file object."""
+    out: Path | BinaryIO = Path(path) if isinstance(path, str | Path) else path
+    # No creation date in the file: the same schedule draws the same bytes.
+    fig.savefig(out, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
     return out
 
 
@@ -344,10 +364,18 @@ def _hours_after_noon(t: dt.datetime, night: dt.date, tz: dt.tzinfo) -> float:
     return (local - dt.datetime.combine(night, NOON)).total_seconds() / 3600.0
 
 
-def plot_year(summary: YearSummary, path: str | Path) -> Path:
+@overload
+def plot_year(summary: YearSummary, path: str | Path, *, fmt: str = ...) -> Path: ...
+@overload
+def plot_year(summary: YearSummary, path: BinaryIO, *, fmt: str = ...) -> BinaryIO: ...
+def plot_year(
+    summary: YearSummary, path: str | Path | BinaryIO, *, fmt: str = "png"
+) -> Path | BinaryIO:
     """Write a PNG of a year's transition times: x the night's date, y the local time from
     12:00 to 12:00, with sunset and sunrise, each step's resolved time and the dark hours
-    (sunset to sunrise) shaded. Returns the path written."""
+    (sunset to sunrise) shaded. Returns the path written.
+
+    ``path`` may also be a binary file object; ``fmt`` is the format written."""
     from zoneinfo import ZoneInfo
 
     tz = ZoneInfo(summary.timezone)
@@ -411,6 +439,4 @@ def plot_year(summary: YearSummary, path: str | Path) -> Path:
     )
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-    out = Path(path)
-    fig.savefig(out, format="png")
-    return out
+    return _save(fig, path, fmt)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.api.audit import AuditLog
 from controller.api.auth import ANONYMOUS, Principal, Role, TokenBook
+from controller.api.previews import preview_router
 from controller.clock import Clock
 from controller.config import CityConfig, ConfigError
 from controller.incidents import (
@@ -252,7 +253,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         response = await call_next(request)
-        if request.method in WRITES and request.url.path.startswith("/api/"):
+        path = request.url.path
+        # Previews are reads sent as POST (the draft is the body): not changes to audit.
+        if request.method in WRITES and path.startswith("/api/") and "/previews/" not in path:
             who: Principal | None = getattr(request.state, "principal", None)
             ctx.audit.write(
                 who=who.name if who else "anonymous",
@@ -861,4 +864,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """The audit log, newest first."""
         return ctx.audit.entries(limit, before)
 
+    app.include_router(preview_router(ctx, reader))
     return app
