@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.api.audit import AuditLog
 from controller.api.auth import ANONYMOUS, Principal, Role, TokenBook
 from controller.api.previews import preview_router
+from controller.api.static_files import mount_page
 from controller.clock import Clock
 from controller.config import CityConfig, ConfigError
 from controller.incidents import (
@@ -865,4 +866,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return ctx.audit.entries(limit, before)
 
     app.include_router(preview_router(ctx, reader))
+    mount_page(app)  # the engineers' page at /, its files under /static/ (no CDN)
     return app
