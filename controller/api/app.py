@@ -751,75 +751,57 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "document",
         )
 
-    @app.put("/api/v1/schedules/programs/{name}", tags=["schedules"])
-    def put_program(name: str, body: ItemIn, who: Engineer, request: Request) -> Any:
-        """Create or replace one program."""
-        return write_schedule(
-            lambda: store().upsert_program(
-                name,
-                body.item,
-                base_version=body.base_version,
-                author=who.name,
-                comment=body.comment,
-            ),
-            request,
-            {"program": name},
-            "item",
-            item_prefix("programs", name, body.base_version),
+    def item_routes(kind: str, upsert_doc: str, delete_doc: str) -> None:
+        """PUT and DELETE of one named program or calendar (the same rules for both)."""
+        plural = f"{kind}s"
+
+        def put_item(name: str, body: ItemIn, who: Engineer, request: Request) -> Any:
+            upsert = getattr(store(), f"upsert_{kind}")
+            return write_schedule(
+                lambda: upsert(
+                    name,
+                    body.item,
+                    base_version=body.base_version,
+                    author=who.name,
+                    comment=body.comment,
+                ),
+                request,
+                {kind: name},
+                "item",
+                item_prefix(plural, name, body.base_version),
+            )
+
+        def delete_item(
+            name: str,
+            who: Engineer,
+            request: Request,
+            base_version: Annotated[int, Query(ge=1, le=2**62)],
+            comment: Annotated[str, Query(max_length=500)] = "",
+        ) -> Any:
+            delete = getattr(store(), f"delete_{kind}")
+            return write_schedule(
+                lambda: delete(name, base_version=base_version, author=who.name, comment=comment),
+                request,
+                {f"{kind} deleted": name},
+                "item",
+            )
+
+        path = f"/api/v1/schedules/{plural}/{{name}}"
+        app.put(path, tags=["schedules"], name=f"put_{kind}", description=upsert_doc)(put_item)
+        app.delete(path, tags=["schedules"], name=f"delete_{kind}", description=delete_doc)(
+            delete_item
         )
 
-    @app.delete("/api/v1/schedules/programs/{name}", tags=["schedules"])
-    def delete_program(
-        name: str,
-        who: Engineer,
-        request: Request,
-        base_version: Annotated[int, Query(ge=1, le=2**62)],
-        comment: Annotated[str, Query(max_length=500)] = "",
-    ) -> Any:
-        """Delete a program no calendar or group uses (409 names who still does)."""
-        return write_schedule(
-            lambda: store().delete_program(
-                name, base_version=base_version, author=who.name, comment=comment
-            ),
-            request,
-            {"program deleted": name},
-            "item",
-        )
-
-    @app.put("/api/v1/schedules/calendars/{name}", tags=["schedules"])
-    def put_calendar(name: str, body: ItemIn, who: Engineer, request: Request) -> Any:
-        """Create or replace one calendar."""
-        return write_schedule(
-            lambda: store().upsert_calendar(
-                name,
-                body.item,
-                base_version=body.base_version,
-                author=who.name,
-                comment=body.comment,
-            ),
-            request,
-            {"calendar": name},
-            "item",
-            item_prefix("calendars", name, body.base_version),
-        )
-
-    @app.delete("/api/v1/schedules/calendars/{name}", tags=["schedules"])
-    def delete_calendar(
-        name: str,
-        who: Engineer,
-        request: Request,
-        base_version: Annotated[int, Query(ge=1, le=2**62)],
-        comment: Annotated[str, Query(max_length=500)] = "",
-    ) -> Any:
-        """Delete a calendar no group uses (409 names who still does)."""
-        return write_schedule(
-            lambda: store().delete_calendar(
-                name, base_version=base_version, author=who.name, comment=comment
-            ),
-            request,
-            {"calendar deleted": name},
-            "item",
-        )
+    item_routes(
+        "program",
+        "Create or replace one program.",
+        "Delete a program no calendar or group uses (409 names who still does).",
+    )
+    item_routes(
+        "calendar",
+        "Create or replace one calendar.",
+        "Delete a calendar no group uses (409 names who still does).",
+    )
 
     @app.put("/api/v1/schedules/assignments/{group_id}", tags=["schedules"])
     def assign(group_id: str, body: AssignIn, who: Engineer, request: Request) -> Any:
