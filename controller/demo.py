@@ -256,8 +256,8 @@ async def run_demo(
         await controller.start()
         if controller.api is not None:
             log.info(
-                "API: %s/api/v1/groups — token (admin): %s   e.g. curl -H 'Authorization:"
-                " Bearer %s' %s/api/v1/groups",
+                "engineers' page: %s/ — token (admin): %s   (API: curl -H 'Authorization:"
+                " Bearer %s' %s/api/v1/groups)",
                 controller.api.url,
                 token,
                 token,
