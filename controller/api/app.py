@@ -786,7 +786,31 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 "item",
             )
 
+        def list_items(_: Reader) -> list[dict[str, Any]]:
+            data = store().current().document.to_data()
+            items: list[dict[str, Any]] = data[plural]
+            return items
+
+        def get_item(name: str, _: Reader) -> dict[str, Any]:
+            for item in store().current().document.to_data()[plural]:
+                if item["name"] == name:
+                    found: dict[str, Any] = item
+                    return found
+            raise HTTPException(404, f"no {kind} {name!r} in the current version")
+
+        app.get(
+            f"/api/v1/schedules/{plural}",
+            tags=["schedules"],
+            name=f"list_{plural}",
+            description=f"Every {kind} of the current version.",
+        )(list_items)
         path = f"/api/v1/schedules/{plural}/{{name}}"
+        app.get(
+            path,
+            tags=["schedules"],
+            name=f"get_{kind}",
+            description=f"One {kind} of the current version.",
+        )(get_item)
         app.put(path, tags=["schedules"], name=f"put_{kind}", description=upsert_doc)(put_item)
         app.delete(path, tags=["schedules"], name=f"delete_{kind}", description=delete_doc)(
             delete_item

@@ -362,3 +362,80 @@ def test_deleting_a_program_in_use_is_refused_naming_its_users() -> None:
     assert r.status_code == 200 and r.json()["document"]["assignments"]["ql1a"] == {
         "program": "park"
     }
+
+
+def test_programs_and_calendars_are_listed_and_read_one_by_one() -> None:
+    c = client(controller())
+    v = auth(VIEWER)
+    names = [p["name"] for p in c.get("/api/v1/schedules/programs", headers=v).json()]
+    assert "arterial" in names and "park" in names
+    prog = c.get("/api/v1/schedules/programs/arterial", headers=v).json()
+    assert prog["name"] == "arterial" and prog["steps"][0]["at"] == "sunset+10min"
+    assert c.get("/api/v1/schedules/programs/nope", headers=v).status_code == 404
+    cals = c.get("/api/v1/schedules/calendars", headers=v).json()
+    assert "city" in [x["name"] for x in cals]
+    assert c.get("/api/v1/schedules/calendars/city", headers=v).json()["name"] == "city"
+    assert c.get("/api/v1/schedules/programs").status_code == 401
+
+
+def test_intersections_alarms_and_versions_read_back() -> None:
+    ctl = Controller(
+        config(),
+        clock=ManualClock(T0),
+        api_tokens={"vic": ("viewer", VIEWER)},
+    )
+    c = client(ctl)
+    v = auth(VIEWER)
+    xs = c.get("/api/v1/intersections", headers=v).json()
+    assert {x["intersection"] for x in xs} == {"ql1a-lct", "ql1a-thd"}
+    one = c.get("/api/v1/intersections/ql1a-lct", headers=v).json()
+    assert one["sync"] == "down" and one["cabinet"]["up"] is False  # not started: no cabinet
+    assert one["location"] is not None and "N_T" in one["signals"]
+    assert c.get("/api/v1/intersections/nope", headers=v).status_code == 404
+    first = c.get("/api/v1/schedules/versions/1", headers=v).json()
+    assert first["source"] == "config" and first["document"]["programs"]
+    assert c.get("/api/v1/schedules/versions/99", headers=v).status_code == 404
+    # An alarm a node raises is listed with its group.
+    from devices.lights import AlarmEntry
+
+    ctl.lighting.core.faults.active["QL-003"] = {
+        "lamp_failure": AlarmEntry(kind="lamp_failure", since=T0, detail="dark")
+    }
+    alarms = c.get("/api/v1/alarms", headers=v).json()
+    assert [(a["device"], a["group"], a["kind"]) for a in alarms] == [
+        ("QL-003", "ql1a", "lamp_failure")
+    ]
+    assert c.get("/api/v1/nodes", params={"alarm": True}, headers=v).json()[0]["id"] == "QL-003"
+
+
+def test_whole_document_put_validates_and_conflicts() -> None:
+    ctl = controller()
+    c = client(ctl)
+    e = auth(ENGINEER)
+    cur = c.get("/api/v1/schedules", headers=auth(VIEWER)).json()
+    doc = cur["document"]
+    doc["assignments"]["ql1a"] = {"program": "no-such-program"}
+    r = c.put(
+        "/api/v1/schedules", json={"base_version": cur["version"], "document": doc}, headers=e
+    )
+    assert r.status_code == 422
+    assert ["body", "document", "assignments", "ql1a", "program"] in [
+        d["loc"] for d in r.json()["detail"]
+    ]
+    doc["assignments"]["ql1a"] = {"program": "park"}
+    r = c.put(
+        "/api/v1/schedules",
+        json={"base_version": cur["version"], "document": doc, "comment": "park"},
+        headers=e,
+    )
+    assert r.status_code == 200 and r.json()["comment"] == "park"
+    r = c.put(
+        "/api/v1/schedules", json={"base_version": cur["version"], "document": doc}, headers=e
+    )
+    assert r.status_code == 409  # the first save moved the version on
+    r = c.post(
+        "/api/v1/schedules/rollback",
+        json={"to_version": 99, "base_version": cur["version"] + 1},
+        headers=e,
+    )
+    assert r.status_code == 404
