@@ -23,6 +23,7 @@ from controller.config import CityConfig
 from controller.incidents import Directory, IncidentError, open_incidents, runtime_faults
 from controller.lighting.service import LightingService
 from controller.signals.service import SignalsService, with_cabinets
+from controller.systemd import Notifier, watchdog_loop
 from controller.telemetry.lineproto import FieldValue
 from controller.telemetry.service import TelemetryService
 from controller.workbench.overrides import OverrideStore
@@ -119,6 +120,7 @@ class Controller:
                 detector_interval_s=cfg.telemetry.intervals.detector_s,
             )
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_steps: dict[str, int] = {}
         # The workbench state (overrides made over the API, the audit log) and the API.
         self.schedules.on_apply = self._apply_schedule
         self.overrides = OverrideStore(wb, self.clock.now)
@@ -284,9 +286,33 @@ class Controller:
         fields["dropped_payloads"] = dropped
         return fields
 
+    def healthy(self) -> str | None:
+        """None while the control loops run and make progress; else what is wrong.
+
+        What the systemd watchdog is fed from: every loop task alive, and every intersection
+        stepped since the last check (a signal loop that hangs stops the pings).
+        """
+        for t in self._tasks:
+            if t.done():
+                return f"task {t.get_name()} ended"
+        if self.signals is not None:
+            steps = {xid: r.stats.steps for xid, r in self.signals.runners.items()}
+            stuck = [x for x, n in steps.items() if n == self._last_steps.get(x, -1)]
+            self._last_steps = steps
+            if stuck:
+                return f"intersection(s) not stepping: {', '.join(sorted(stuck))}"
+        return None
+
     async def run_forever(self) -> None:
-        """Start and run until cancelled (Ctrl-C or SIGTERM)."""
+        """Start and run until cancelled (Ctrl-C or SIGTERM); speaks systemd's notify protocol
+        when started by it (``Type=notify``, ``WatchdogSec=``: see deploy/cityctl.service)."""
         await self.start()
+        notifier = Notifier()
+        notifier.notify("READY=1", f"STATUS=running: {self.cfg.controller.id}")
+        if notifier.watchdog_s is not None:
+            self._tasks.append(
+                asyncio.create_task(watchdog_loop(notifier, self.healthy), name="systemd-watchdog")
+            )
         try:
             # asyncio.wait, unlike gather, leaves the tasks running when we are cancelled, so
             # stop() can still say goodbye over the live link before it ends them.
@@ -295,6 +321,7 @@ class Controller:
                 if not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
         finally:
+            notifier.notify("STOPPING=1")
             await self.stop()
 
 
