@@ -17,6 +17,7 @@ Subcommands::
                                                one SUMO scenario: delay and displayed safety
     cityctl sumo import NET                    a SUMO network's traffic lights as config.yaml
     cityctl sumo scenarios [--out DIR]         build the project's SUMO scenario set
+    cityctl check faults [--json]              the fault-survival suite as a table
 """
 
 from __future__ import annotations
@@ -469,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     bs.set_defaults(func=cmd_bench_signals)
 
+    from controller.check_cli import add_check_parser
     from controller.sumo_cli import add_bench_parser, add_sumo_parser
     from controller.telemetry_cli import add_bench_telemetry_parser, add_telemetry_parser
 
@@ -476,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_telemetry_parser(bsub)
     add_sumo_parser(sub)
     add_telemetry_parser(sub)
+    add_check_parser(sub)
     return p
 
 
