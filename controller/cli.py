@@ -5,7 +5,7 @@ Subcommands::
     cityctl validate FILE                      check a config, print every problem
     cityctl config schema                      JSON Schema of config.yaml for editors
     cityctl schedule preview --group G --date D | --year Y
-    cityctl run [--config FILE] [--cabinet ID=HOST:PORT]
+    cityctl run [--config FILE] [--cabinet ID=HOST:PORT] [--district D]
                                                run the controller against the configured broker
     cityctl demo                               controller + simulated district, embedded broker
     cityctl sim lights --count N | --config F  simulated light nodes on a broker
@@ -14,6 +14,8 @@ Subcommands::
     cityctl bench lighting --year Y [--json]   a year of the district: energy and class safety
     cityctl bench signals [--json]             fixed vs actuated vs adaptive on the traffic model
     cityctl bench sumo --sumocfg F --controller NAME [--json] [--keep DIR]
+    cityctl bench scale --lights N --intersections M [--duration S] [--json]
+                                               the system at scale: CPU, RSS, fan-out, lost
                                                one SUMO scenario: delay and displayed safety
     cityctl sumo import NET                    a SUMO network's traffic lights as config.yaml
     cityctl sumo scenarios [--out DIR]         build the project's SUMO scenario set
@@ -32,7 +34,10 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.runtime import Controller
 
 __all__ = ["main"]
 
@@ -97,8 +102,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{path}: OK — site {cfg.site.name}, {len(cfg.lighting.groups)} groups, {nodes} nodes, "
         f"{len(cfg.lighting.programs)} programs, {len(cfg.lighting.calendars)} calendars, "
         f"{len(cfg.signals.intersections)} intersections"
+        + (f", {len(cfg.districts)} districts" if cfg.districts else "")
         + (f", {len(warnings)} warning(s)" if warnings else "")
     )
+    for d in cfg.districts:
+        own = cfg.for_district(d)
+        print(
+            f"  district {d}: controller {own.controller.id}, {len(own.lighting.groups)} groups,"
+            f" {sum(1 for _ in own.nodes())} nodes, {len(own.signals.intersections)} intersections,"
+            f" state {own.controller.state_dir}"
+        )
     return 0
 
 
@@ -144,6 +157,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError
     from controller.runtime import Controller
 
     cfg = _load(args.config)
@@ -153,21 +167,53 @@ def cmd_run(args: argparse.Namespace) -> int:
             "mqtt.url: no broker configured (only `cityctl demo` starts its own)", file=sys.stderr
         )
         return 2
-
     try:
-        cabinets = _parse_cabinets(args.cabinet, cfg)
+        # Which district this instance runs, checked before anything starts (docs/scaling.md).
+        own = cfg.instance(args.district)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"{args.config}: {issue}", file=sys.stderr)
+        return 2
+    where = f"district {args.district or cfg.controller.district}" if cfg.districts else ""
+    try:
+        cabinets = _parse_cabinets(args.cabinet, own, where or "the config")
     except ValueError as exc:
         print(f"--cabinet: {exc}", file=sys.stderr)
         return 2
 
     async def main() -> int:
-        await Controller(cfg, cabinets=cabinets).run_forever()
+        ctl = Controller(cfg, cabinets=cabinets, district=args.district)
+        _reload_on_sighup(ctl, Path(args.config), keep_log_level=args.log_level is not None)
+        await ctl.run_forever()
         return 0
 
     return _run_async(main)
 
 
-def _parse_cabinets(items: list[str], cfg: Any) -> dict[str, tuple[str, int]]:
+def _reload_on_sighup(ctl: Controller, path: Path, *, keep_log_level: bool) -> None:
+    """SIGHUP (``systemctl reload cityctl``) reads ``path`` again: see ``Controller.reload``.
+    A log level given on the command line stays; otherwise the file's applies."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        result = await ctl.reload_async(path)
+        if result.applied and not keep_log_level and result.log_level:
+            logging.getLogger().setLevel(result.log_level)
+
+    def on_hup() -> None:
+        logging.getLogger("cityctl").info("SIGHUP: reading %s again", path)
+        task = loop.create_task(reload(), name="config-reload")
+        pending.add(task)  # keep a reference until it is done
+        task.add_done_callback(pending.discard)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+
+def _parse_cabinets(
+    items: list[str], cfg: Any, where: str = "the config"
+) -> dict[str, tuple[str, int]]:
     """``ID=HOST:PORT`` items as a map; unknown intersections and bad ports are errors."""
     known = {x.id for x in cfg.signals.intersections}
     out: dict[str, tuple[str, int]] = {}
@@ -177,7 +223,7 @@ def _parse_cabinets(items: list[str], cfg: Any) -> dict[str, tuple[str, int]]:
         if not sep or not sep2 or not xid or not host:
             raise ValueError(f"{item!r}: expected ID=HOST:PORT, e.g. ql1a-lct=127.0.0.1:5020")
         if xid not in known:
-            raise ValueError(f"{item!r}: no intersection {xid!r} in the config")
+            raise ValueError(f"{item!r}: no intersection {xid!r} in {where}")
         if not port.isdigit() or not 1 <= int(port) <= 65535:
             raise ValueError(f"{item!r}: port must be 1..65535")
         out[xid] = (host, int(port))
@@ -353,6 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk to intersection ID's cabinet at HOST:PORT instead of the configured address "
         "(e.g. a simulated one from `cityctl sim cabinets`; repeatable)",
     )
+    r.add_argument(
+        "--district",
+        help="run this district of the config's `districts` (overrides controller.district and "
+        "$CITYCTL_DISTRICT; see docs/scaling.md)",
+    )
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser(
@@ -388,6 +439,33 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--group", default="sim", help="group of --count nodes (default: %(default)s)")
     sl.add_argument("--lamp-w", type=float, default=100.0, help="lamp rating of --count nodes")
     sl.add_argument("--fallback-after", type=float, default=900.0, help="seconds of silence")
+    sl.add_argument(
+        "--gateway-size",
+        type=int,
+        metavar="K",
+        help="gateway mode: K nodes share one broker connection, as the lamps of a street "
+        "segment share its gateway (same topics and payloads; default: a connection per node)",
+    )
+    sl.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only the I-th of N equal slices of the nodes (1-based), so that several "
+        "processes can share a large district",
+    )
+    sl.add_argument(
+        "--report-interval",
+        type=float,
+        default=30.0,
+        help="seconds between a node's unsolicited state reports (default: %(default)s)",
+    )
+    sl.add_argument(
+        "--tick-hz", type=float, default=5.0, help="node model updates per second (ramps, meters)"
+    )
+    sl.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        help="write the simulator's counters as JSON to FILE every second and at exit",
+    )
     sl.add_argument(
         "--fault",
         action="append",
@@ -471,11 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench_signals)
 
     from controller.check_cli import add_check_parser
+    from controller.scale_cli import add_bench_scale_parser
     from controller.sumo_cli import add_bench_parser, add_sumo_parser
     from controller.telemetry_cli import add_bench_telemetry_parser, add_telemetry_parser
 
     add_bench_parser(bsub)
     add_bench_telemetry_parser(bsub)
+    add_bench_scale_parser(bsub)
     add_sumo_parser(sub)
     add_telemetry_parser(sub)
     add_check_parser(sub)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -34,6 +34,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ControllerSettings",
+    "District",
     "InfluxConfig",
     "LightGroup",
     "LightNodeSpec",
@@ -53,6 +54,9 @@ __all__ = [
 
 STATE_DIR_ENV = "CITYCTL_STATE_DIR"
 """Overrides ``controller.state_dir`` (systemd's ``StateDirectory=``, tests, the demo)."""
+
+DISTRICT_ENV = "CITYCTL_DISTRICT"
+"""Overrides ``controller.district``: the district of ``districts`` this instance runs."""
 
 
 class _Strict(BaseModel):
@@ -121,6 +125,12 @@ class ControllerSettings(_Strict):
         f" file). The environment variable {STATE_DIR_ENV} overrides it.",
     )
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    district: Ident | None = Field(
+        default=None,
+        validate_default=True,
+        description="The district (of `districts`) this instance runs, so one file serves every"
+        f" box. The environment variable {DISTRICT_ENV} and `cityctl run --district` override it.",
+    )
 
     @field_validator("state_dir")
     @classmethod
@@ -128,6 +138,13 @@ class ControllerSettings(_Strict):
         # The variable wins over the file: systemd's StateDirectory=, tests and the demo set it.
         env = os.environ.get(STATE_DIR_ENV)
         return Path(env) if env else v
+
+    @field_validator("district", mode="before")
+    @classmethod
+    def _district_env(cls, v: object) -> object:
+        # Before the pattern check, so a mistyped variable is reported like a mistyped file.
+        env = os.environ.get(DISTRICT_ENV)
+        return env if env else v
 
 
 class TlsConfig(_Strict):
@@ -548,6 +565,29 @@ class ApiConfig(_Strict):
         return self
 
 
+class District(_Strict):
+    """One controller instance's share of the city: the groups and intersections it owns.
+
+    Every instance reads the same ``config.yaml`` and runs only its district
+    (``docs/scaling.md``): it commands its own groups and cabinets and nothing else, so each
+    group's commands have exactly one writer.
+    """
+
+    name: str = Field(default="", description="For people, e.g. 'North bank'.")
+    groups: list[Ident] = Field(
+        default_factory=list, description="Lighting groups it owns (lighting.groups[].id)."
+    )
+    intersections: list[Ident] = Field(
+        default_factory=list, description="Intersections it owns (signals.intersections[].id)."
+    )
+    api_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="api.port for this instance (instances sharing a box need their own).",
+    )
+
+
 class CityConfig(_Strict):
     """The whole deployment."""
 
@@ -558,10 +598,141 @@ class CityConfig(_Strict):
     signals: SignalsSettings = Field(default_factory=SignalsSettings)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    districts: dict[Ident, District] = Field(
+        default_factory=dict,
+        description="Scale-out: district id → the groups and intersections one controller"
+        " instance owns. Absent: one instance runs everything (docs/scaling.md).",
+    )
 
     def intersections(self) -> list[Intersection]:
         """Every intersection, validated and derived (the config loader already checked them)."""
         return [Intersection.build(x) for x in self.signals.intersections]
+
+    # -- districts (scale-out) -------------------------------------------------------------
+    def instance(self, district: str | None = None) -> CityConfig:
+        """The config one controller process runs.
+
+        Without ``districts`` that is the whole config (``district`` must then be None). With
+        them, the district is ``district`` (``cityctl run --district``), else
+        ``controller.district`` (the file or ``$CITYCTL_DISTRICT``); running none of them is
+        an error, because a second instance commanding every group would fight the district
+        instances over the same lights. Returns :meth:`for_district` of it.
+        """
+        chosen = district or self.controller.district
+        if not self.districts:
+            if district is not None:
+                raise ConfigError(
+                    [ConfigIssue("--district", f"{district!r}: no districts are declared")]
+                )
+            return self
+        if district is not None and district not in self.districts:
+            known = ", ".join(self.districts)
+            raise ConfigError(
+                [ConfigIssue("--district", f"unknown district {district!r} (known: {known})")]
+            )
+        if chosen is None:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "controller.district",
+                        f"this config declares districts ({', '.join(self.districts)}): choose"
+                        f" the one this instance runs with `cityctl run --district D`,"
+                        f" {DISTRICT_ENV} or controller.district",
+                    )
+                ]
+            )
+        return self.for_district(chosen)
+
+    def for_district(self, district: str) -> CityConfig:
+        """The config of the instance that runs ``district``: a config without districts.
+
+        Only the district's groups (their per-node details, the overrides naming them) and
+        intersections remain; programs and calendars all stay. The instance gets its own
+        identity and files: controller id ``<id>.<district>`` (client id, availability and
+        status topics, the telemetry's ``controller`` tag), MQTT client id and username
+        suffixed likewise (``<client_id>.<district>``, ``<username>-<district>``), state in
+        ``<state_dir>/<district>``, the district's ``api_port``. The result is an ordinary
+        single-instance config, so the control loops, the API and the workbench need not know
+        about districts, and applying this twice is impossible (it has no districts left).
+        """
+        spec = self.districts.get(district)
+        if spec is None:
+            known = ", ".join(self.districts) or "none declared"
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "controller.district", f"unknown district {district!r} (known: {known})"
+                    )
+                ]
+            )
+        groups = set(spec.groups)
+        xs = set(spec.intersections)
+        lt = self.lighting
+        kept = [g for g in lt.groups if g.id in groups]
+        own_nodes = {n for g in kept for n in g.node_ids()}
+        overrides = []
+        for o in lt.overrides:
+            mine = [gid for gid in o.groups if gid in groups]
+            if mine:
+                overrides.append(
+                    o if len(mine) == len(o.groups) else o.model_copy(update={"groups": mine})
+                )
+        lighting = lt.model_copy(
+            update={
+                "groups": kept,
+                "nodes": [n for n in lt.nodes if n.id in own_nodes],
+                "overrides": overrides,
+            }
+        )
+        signals = self.signals.model_copy(
+            update={"intersections": [x for x in self.signals.intersections if x.id in xs]}
+        )
+        ctl = self.controller.model_copy(
+            update={
+                "id": f"{self.controller.id}.{district}",
+                "state_dir": self.controller.state_dir / district,
+                "district": None,
+            }
+        )
+        mq = self.mqtt
+        mqtt = mq.model_copy(
+            update={
+                "client_id": f"{mq.client_id}.{district}" if mq.client_id else None,
+                "username": f"{mq.username}-{district}" if mq.username else None,
+            }
+        )
+        outbox = self.telemetry.outbox
+        if outbox.path is not None:
+            # An explicit outbox file would be shared by two instances on one box.
+            outbox = outbox.model_copy(
+                update={"path": outbox.path.parent / district / outbox.path.name}
+            )
+        telemetry = self.telemetry.model_copy(update={"outbox": outbox})
+        api = self.api
+        if spec.api_port is not None:
+            api = api.model_copy(update={"port": spec.api_port})
+        return self.model_copy(
+            update={
+                "controller": ctl,
+                "mqtt": mqtt,
+                "lighting": lighting,
+                "signals": signals,
+                "telemetry": telemetry,
+                "api": api,
+                "districts": {},
+            }
+        )
+
+    def district_of_intersection(self) -> dict[str, str]:
+        """Intersection id → the district that owns it (empty without districts)."""
+        return {x: d for d, spec in self.districts.items() for x in spec.intersections}
+
+    def whole_city(self) -> CityConfig:
+        """This config run by one instance, districts ignored (the demo runs the whole city)."""
+        if not self.districts and self.controller.district is None:
+            return self
+        ctl = self.controller.model_copy(update={"district": None})
+        return self.model_copy(update={"districts": {}, "controller": ctl})
 
     # -- derived views -------------------------------------------------------------------
     @property
@@ -817,6 +988,8 @@ def _cross_checks(cfg: CityConfig) -> list[ConfigIssue]:
                 where, _, why = line.partition(": ")
                 issues.append(ConfigIssue(f"{base}.{where}", why))
 
+    issues += _district_checks(cfg, unknown)
+
     year = dt.date.today().year
     for i, p in enumerate(lt.programs):
         if p.name not in used_programs:
@@ -832,6 +1005,101 @@ def _cross_checks(cfg: CityConfig) -> list[ConfigIssue]:
                 )
             )
     return issues
+
+
+def _district_checks(
+    cfg: CityConfig, unknown: Callable[[str, str, Iterable[str]], str]
+) -> list[ConfigIssue]:
+    """Every group and intersection in exactly one district; the instance's district known."""
+    issues: list[ConfigIssue] = []
+    chosen = cfg.controller.district
+    if not cfg.districts:
+        if chosen is not None:
+            issues.append(
+                ConfigIssue(
+                    "controller.district",
+                    f"{chosen!r}{_from_env(chosen)}: no districts are declared",
+                )
+            )
+        return issues
+    if chosen is not None and chosen not in cfg.districts:
+        issues.append(
+            ConfigIssue(
+                "controller.district",
+                unknown("district", chosen, cfg.districts) + _from_env(chosen),
+            )
+        )
+    group_ids = [g.id for g in cfg.lighting.groups]
+    x_ids = [x.id for x in cfg.signals.intersections]
+    for kind, items, field, known in (
+        ("group", "groups", "lighting.groups", group_ids),
+        ("intersection", "intersections", "signals.intersections", x_ids),
+    ):
+        owner: dict[str, str] = {}
+        for d, spec in cfg.districts.items():
+            for j, item in enumerate(getattr(spec, items)):
+                path = f"districts.{d}.{items}[{j}]"
+                if item not in known:
+                    issues.append(ConfigIssue(path, unknown(kind, item, known)))
+                elif item in owner:
+                    where = "this district" if owner[item] == d else f"district {owner[item]!r}"
+                    issues.append(
+                        ConfigIssue(
+                            path,
+                            f"{kind} {item!r} is already in {where}; a {kind} belongs to one"
+                            f" district, or two instances would command it",
+                        )
+                    )
+                else:
+                    owner[item] = d
+        for i, item in enumerate(known):
+            if item not in owner:
+                issues.append(
+                    ConfigIssue(
+                        f"{field}[{i}]",
+                        f"{kind} {item!r} is in no district: with districts declared, every"
+                        f" {kind} belongs to exactly one (add it to one of"
+                        f" {', '.join(cfg.districts)})",
+                    )
+                )
+    for d, spec in cfg.districts.items():
+        if not spec.groups:
+            # The lighting loop and the schedule workbench run in every instance.
+            issues.append(
+                ConfigIssue(f"districts.{d}.groups", "a district needs at least one lighting group")
+            )
+        for what, base in (
+            ("controller.id", cfg.controller.id),
+            ("mqtt.client_id", cfg.mqtt.client_id),
+        ):
+            if base is not None and len(f"{base}.{d}") > 64:
+                issues.append(
+                    ConfigIssue(
+                        f"districts.{d}",
+                        f"the instance's {what} {base}.{d} would be longer than 64 characters",
+                    )
+                )
+    by_x = cfg.district_of_intersection()
+    for k, x in enumerate(cfg.signals.intersections):
+        coord = x.coordination
+        if coord is None or coord.upstream is None:
+            continue
+        mine, theirs = by_x.get(x.id), by_x.get(coord.upstream)
+        if mine is not None and theirs is not None and mine != theirs:
+            issues.append(
+                ConfigIssue(
+                    f"signals.intersections[{k}].coordination.upstream",
+                    f"{coord.upstream!r} is in district {theirs!r}, {x.id!r} in {mine!r}: its"
+                    " greens are known only to its own instance, so this intersection runs"
+                    " uncoordinated",
+                    severity="warning",
+                )
+            )
+    return issues
+
+
+def _from_env(value: str) -> str:
+    return f" (from {DISTRICT_ENV})" if os.environ.get(DISTRICT_ENV) == value else ""
 
 
 def _raw_reference_checks(data: dict[str, Any]) -> list[ConfigIssue]:
@@ -881,6 +1149,22 @@ def _raw_reference_checks(data: dict[str, Any]) -> list[ConfigIssue]:
         if isinstance(o, dict) and isinstance(o.get("groups"), list):
             for j, gid in enumerate(o["groups"]):
                 check(f"lighting.overrides[{i}].groups[{j}]", gid, groups, "group")
+    districts = data.get("districts")
+    signals = data.get("signals")
+    xs = signals.get("intersections") if isinstance(signals, dict) else None
+    x_ids = (
+        {str(x["id"]) for x in xs if isinstance(x, dict) and "id" in x}
+        if isinstance(xs, list)
+        else set()
+    )
+    for d, spec in districts.items() if isinstance(districts, dict) else ():
+        for key, known, kind in (
+            ("groups", groups, "group"),
+            ("intersections", x_ids, "intersection"),
+        ):
+            items = spec.get(key) if isinstance(spec, dict) else None
+            for j, item in enumerate(items if isinstance(items, list) else []):
+                check(f"districts.{d}.{key}[{j}]", item, known, kind)
     return out
 
 

@@ -151,6 +151,8 @@ async def run_demo(
     api_port: int | None = None,
 ) -> int:
     """Run the demo until cancelled or for ``duration_s`` real seconds."""
+    # One process simulates the whole city, so a config's districts do not apply here.
+    cfg = cfg.whole_city()
     clock = ScaledClock(start_instant(cfg, start), speed)
     # Nodes report on a 5 Hz real-time tick; at a high speed-up that is minutes of clock
     # time, so the "silent node" threshold is stretched to at least 10 real seconds, and the

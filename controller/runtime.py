@@ -19,9 +19,10 @@ from controller.api.audit import AuditLog
 from controller.api.auth import Role, TokenBook
 from controller.api.server import ApiServer
 from controller.clock import Clock, SystemClock
-from controller.config import CityConfig
+from controller.config import CityConfig, ConfigError, ConfigIssue
 from controller.incidents import Directory, IncidentError, open_incidents, runtime_faults
 from controller.lighting.service import LightingService
+from controller.reload import ReloadPlan, ReloadResult, plan_reload
 from controller.signals.service import SignalsService, with_cabinets
 from controller.systemd import Notifier, watchdog_loop
 from controller.telemetry.lineproto import FieldValue
@@ -44,6 +45,12 @@ class Controller:
     ``cabinets`` moves intersections' cabinets to other addresses (id → host, port: simulated
     cabinets, a bench cabinet); ``signals=False`` leaves the intersections alone.
 
+    When the config declares ``districts``, the controller runs one of them: ``district``,
+    else ``controller.district`` (``$CITYCTL_DISTRICT``); see :meth:`CityConfig.instance`
+    and ``docs/scaling.md``. ``cfg`` then becomes the district's own config (its groups,
+    nodes and intersections, its id ``<id>.<district>`` and state directory), and messages
+    about the other districts' devices are counted as foreign instead of dropped.
+
     The signal loops always run on the machine's monotonic clock, whatever ``clock`` is: the
     cabinets' heartbeat watchdogs count real seconds. ``clock`` gives them the local time of
     day for the strategy schedules.
@@ -59,8 +66,18 @@ class Controller:
         signals: bool = True,
         api_tokens: Mapping[str, tuple[str, str]] | None = None,
         api_port: int | None = None,
+        district: str | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
+        # Scale-out: from here on everything sees an ordinary config of this instance's
+        # district; the whole city is kept only to know what belongs to the others.
+        city = cfg
+        cfg = city.instance(district)
+        #: The district this instance runs (None: the whole config).
+        self.district: str | None = (
+            (district or city.controller.district) if city.districts else None
+        )
+        foreign_nodes, foreign_segments, foreign_xs = _foreign(city, cfg)
         # The schedule that runs is the store's current version: edits made over the API
         # survive restarts, and an edited config file wins (a new version "config.yaml").
         wb = cfg.controller.state_dir / "workbench.sqlite"
@@ -101,7 +118,13 @@ class Controller:
             )
         recorder = self.telemetry.recorder if self.telemetry is not None else None
         self.lighting = LightingService(
-            cfg, self.link, self.clock, topics=self.topics, telemetry=recorder
+            cfg,
+            self.link,
+            self.clock,
+            topics=self.topics,
+            telemetry=recorder,
+            foreign_nodes=foreign_nodes,
+            foreign_segments=foreign_segments,
         )
         self.link.on_connect = self.lighting.on_connect
         self.signals: SignalsService | None = None
@@ -118,9 +141,16 @@ class Controller:
                 local_time=lambda: self.clock.now().astimezone(tz),
                 telemetry=recorder,
                 detector_interval_s=cfg.telemetry.intervals.detector_s,
+                foreign=foreign_xs,
             )
         self._tasks: list[asyncio.Task[None]] = []
         self._last_steps: dict[str, int] = {}
+        # Config reloads (SIGHUP): the file that runs now, to tell what a new one changes.
+        self._city = city
+        self._reload_lock = asyncio.Lock()
+        self.reloads_applied = 0
+        self.reloads_refused = 0
+        self.last_reload: ReloadResult | None = None
         # The workbench state (overrides made over the API, the audit log) and the API.
         self.schedules.on_apply = self._apply_schedule
         self.overrides = OverrideStore(wb, self.clock.now)
@@ -157,6 +187,8 @@ class Controller:
             incidents=self.incidents,
             schedules=self.schedules,
             open_reads=self.cfg.api.open_reads,
+            reloads=self.reload_status,
+            health=self._health,
         )
         self.api = ApiServer(
             create_app(self.api_context),
@@ -176,12 +208,115 @@ class Controller:
         stored = [r.override for r in self.overrides.active()]
         self.lighting.set_overrides([*self.cfg.lighting.overrides, *stored])
 
+    # -- config reload (SIGHUP) -------------------------------------------------------------
+    def reload(self, config: Path | str) -> ReloadResult:
+        """Read the config again (a file, or YAML text) and run it: all of it, or none of it.
+
+        Validated as ``cityctl validate`` does; what may change live is applied at once (a
+        changed schedule becomes a new version by ``config.yaml``), and a file with errors
+        or with changes only a restart applies is refused, each problem logged at ERROR with
+        its field, the running config left unchanged (``controller/reload.py``). Never
+        raises. :meth:`reload_async` does the slow reading off the event loop.
+        """
+        try:
+            plan = self._plan_reload(config)
+        except ConfigError as exc:
+            return self._reload_refused(_named(config), exc.issues)
+        return self._apply_reload(plan)
+
+    async def reload_async(self, config: Path | str) -> ReloadResult:
+        """:meth:`reload`, reading and validating in a worker thread so that the signal loops
+        do not stall for the second it takes; one reload at a time."""
+        async with self._reload_lock:
+            try:
+                plan = await asyncio.to_thread(self._plan_reload, config)
+            except ConfigError as exc:
+                return self._reload_refused(_named(config), exc.issues)
+            return self._apply_reload(plan)
+
+    def reload_status(self) -> dict[str, object]:
+        """Reloads applied and refused so far, and the last one (for the health answer)."""
+        last = self.last_reload
+        return {
+            "applied": self.reloads_applied,
+            "refused": self.reloads_refused,
+            "last": last.as_json() if last is not None else None,
+        }
+
+    def _plan_reload(self, config: Path | str) -> ReloadPlan:
+        try:
+            running = self.schedules.current().document
+            return plan_reload(self._city, config, district=self.district, running=running)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a bug must not take the controller down: refuse, loudly
+            log.exception("config reload: unexpected error")
+            raise ConfigError([ConfigIssue(_named(config), f"unexpected error: {exc}")]) from exc
+
+    def _apply_reload(self, plan: ReloadPlan) -> ReloadResult:
+        old_overrides = list(self.cfg.lighting.overrides)
+        old_level = self._city.controller.log_level
+        try:
+            # The schedule first: the store applies it (LightingService.apply_config) inside
+            # its transaction, so a schedule the lighting refuses leaves no version behind.
+            accepted = self.schedules.reload(plan.own, "config.yaml", checked=plan.checked)
+        except ConfigError as exc:
+            return self._reload_refused(plan.source, exc.issues)
+        except ValueError as exc:
+            return self._reload_refused(plan.source, [ConfigIssue("lighting", str(exc))])
+        self._city = plan.city
+        self.apply_overrides()
+        for w in plan.warnings:
+            log.warning("config reload: %s", w)
+        changes = []
+        if accepted.created:
+            v = accepted.version
+            changes.append(f"schedule version {v.version} by {v.author}")
+        if list(self.cfg.lighting.overrides) != old_overrides:
+            n = len(self.cfg.lighting.overrides)
+            changes.append(f"lighting.overrides: {len(old_overrides)} → {n}")
+        level = plan.city.controller.log_level
+        if level != old_level:
+            changes.append(f"controller.log_level: {old_level} → {level}")
+        result = ReloadResult(
+            True,
+            dt.datetime.now(dt.UTC),
+            plan.source,
+            changes=tuple(changes),
+            schedule_version=accepted.version.version,
+            log_level=level,
+        )
+        self.reloads_applied += 1
+        self.last_reload = result
+        log.info(
+            "config reloaded from %s: %s (schedule version %d runs)",
+            plan.source,
+            "; ".join(changes) or "nothing that runs changed",
+            accepted.version.version,
+        )
+        return result
+
+    def _reload_refused(self, source: str, issues: list[ConfigIssue]) -> ReloadResult:
+        errors = [i for i in issues if i.severity == "error"] or issues
+        for issue in errors:
+            log.error("config reload refused: %s", issue)
+        log.error(
+            "config reload of %s refused (%d problem(s)); the running config is unchanged",
+            source,
+            len(errors),
+        )
+        result = ReloadResult(False, dt.datetime.now(dt.UTC), source, problems=tuple(errors))
+        self.reloads_refused += 1
+        self.last_reload = result
+        return result
+
     async def start(self) -> None:
         """Start the link and the loops; returns at once."""
         s = self.link.settings
         log.info(
-            "controller %s starting: %d groups, %d nodes, %d intersections, broker %s:%d",
+            "controller %s starting%s: %d groups, %d nodes, %d intersections, broker %s:%d",
             self.cfg.controller.id,
+            f" (district {self.district})" if self.district else "",
             len(self.cfg.lighting.groups),
             sum(1 for _ in self.cfg.nodes()),
             len(self.signals.runners) if self.signals else 0,
@@ -275,6 +410,12 @@ class Controller:
                 1 for _, nid, _, _ in self.cfg.nodes() if self.lighting.core.node_online(nid)
             ),
             "rss_mb": round(_rss_mb(), 1),
+            "nodes_following": self.lighting.core.following_count(),
+            "light_states": self.lighting.stats.states,
+            "light_states_retained": self.lighting.stats.states_retained,
+            "group_commands": self.lighting.stats.group_commands,
+            "node_retries": self.lighting.stats.node_retries,
+            **self.lighting.fanout.summary().as_fields(),
         }
         if self.signals is not None:
             dropped += self.signals.drops.total
@@ -284,6 +425,11 @@ class Controller:
                 1 for r in self.signals.runners.values() if r.sync == "control"
             )
         fields["dropped_payloads"] = dropped
+        if self.district is not None:
+            foreign = self.lighting.stats.foreign
+            if self.signals is not None:
+                foreign += self.signals.foreign
+            fields["foreign_messages"] = foreign
         return fields
 
     def healthy(self) -> str | None:
@@ -323,6 +469,30 @@ class Controller:
         finally:
             notifier.notify("STOPPING=1")
             await self.stop()
+
+
+def _foreign(
+    city: CityConfig, own: CityConfig
+) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """Nodes, traffic segments and intersections of the city that ``own`` does not run."""
+    if own is city:
+        return frozenset(), frozenset(), frozenset()
+    mine = {n for _, n, _, _ in own.nodes()}
+    nodes = frozenset(n for _, n, _, _ in city.nodes() if n not in mine)
+    own_segments = {g.traffic_segment for g in own.lighting.groups}
+    segments = frozenset(
+        g.traffic_segment
+        for g in city.lighting.groups
+        if g.traffic_segment is not None and g.traffic_segment not in own_segments
+    )
+    own_xs = {x.id for x in own.signals.intersections}
+    xs = frozenset(x.id for x in city.signals.intersections if x.id not in own_xs)
+    return nodes, segments, xs
+
+
+def _named(config: Path | str) -> str:
+    """How a reloaded config is named in the log: its path, or "config text"."""
+    return str(config) if isinstance(config, Path) else "config text"
 
 
 def _rss_mb() -> float:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
+import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from controller.config import CityConfig
 from devices.lights import SimFault, Topics, encode
 from devices.mqtt import MqttLink, MqttSettings
 from simulator.lights import LightSimulator, NodeSpec
 
-__all__ = ["run_sim_cabinets", "run_sim_lights", "send_fault"]
+__all__ = ["parse_shard", "run_sim_cabinets", "run_sim_lights", "send_fault"]
 
 log = logging.getLogger("cityctl.sim")
 
@@ -27,6 +31,27 @@ def _parse_faults(items: list[str]) -> list[tuple[str, str]]:
             raise SystemExit(f"--fault {item!r}: expected NODE=KIND, e.g. SIM-0003=lamp_failure")
         out.append((node, kind))
     return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)`` with ``1 ≤ I ≤ N``; ValueError says what is wrong."""
+    i, sep, n = text.partition("/")
+    if not sep or not i.strip().isdigit() or not n.strip().isdigit():
+        raise ValueError(f"{text!r}: expected I/N, e.g. 2/4")
+    a, b = int(i), int(n)
+    if not 1 <= a <= b:
+        raise ValueError(f"{text!r}: I must be 1..N")
+    return a, b
+
+
+def _write_stats(path: Path, sim: LightSimulator) -> None:
+    """The counters as JSON, replaced atomically (a reader never sees half a file)."""
+    data = dataclasses.asdict(sim.stats)
+    data.pop("invalid_by_node", None)
+    data["connections"] = sim.connections
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 async def run_sim_lights(args: argparse.Namespace, cfg: CityConfig | None) -> int:
@@ -51,37 +76,74 @@ async def run_sim_lights(args: argparse.Namespace, cfg: CityConfig | None) -> in
         ]
         prefix = args.prefix
         fallback = args.fallback_after
+    shard = getattr(args, "shard", None)
+    if shard:
+        try:
+            i, n = parse_shard(shard)
+        except ValueError as exc:
+            print(f"--shard: {exc}", file=sys.stderr)
+            return 2
+        specs = specs[(i - 1) * len(specs) // n : i * len(specs) // n]
+        if not specs:
+            print(f"--shard: slice {shard} of the nodes is empty", file=sys.stderr)
+            return 2
+    gateway = getattr(args, "gateway_size", None)
+    if gateway is not None and gateway < 1:
+        print("--gateway-size: must be at least 1", file=sys.stderr)
+        return 2
+    report_s = getattr(args, "report_interval", 30.0)
+    tick_hz = getattr(args, "tick_hz", 5.0)
+    if report_s <= 0 or tick_hz <= 0:
+        print("--report-interval and --tick-hz: must be positive", file=sys.stderr)
+        return 2
+    stats_path = Path(args.stats_file) if getattr(args, "stats_file", None) else None
     faults = _parse_faults(args.fault)
-    sim = LightSimulator(settings, specs, prefix=prefix, fallback_after_s=fallback)
+    sim = LightSimulator(
+        settings,
+        specs,
+        prefix=prefix,
+        fallback_after_s=fallback,
+        report_interval_s=report_s,
+        tick_hz=tick_hz,
+        gateway_size=gateway,
+    )
     for node, _kind in faults:
         if node not in sim.node_ids:
             print(f"--fault: no node {node!r}", file=sys.stderr)
             return 2
     await sim.start()
     log.info(
-        "%d simulated nodes online (%.2f s) on %s, prefix %s",
+        "%d simulated nodes online (%.2f s) on %s, prefix %s, %d connections",
         sim.stats.online,
         sim.stats.connect_s or 0,
         args.broker,
         prefix,
+        sim.connections,
     )
     for node, kind in faults:
         sim.inject(node, kind)
         log.info("fault %s injected on %s", kind, node)
     try:
+        tick = 0
         while True:
-            await asyncio.sleep(60)
-            s = sim.stats
-            log.info(
-                "nodes online %d/%d, commands applied %d, stale %d, invalid %d",
-                s.online,
-                s.nodes,
-                s.commands_applied,
-                s.commands_stale,
-                s.invalid,
-            )
+            await asyncio.sleep(1.0 if stats_path is not None else 60.0)
+            tick += 1
+            if stats_path is not None:
+                _write_stats(stats_path, sim)
+            if stats_path is None or tick % 60 == 0:
+                s = sim.stats
+                log.info(
+                    "nodes online %d/%d, commands applied %d, stale %d, invalid %d",
+                    s.online,
+                    s.nodes,
+                    s.commands_applied,
+                    s.commands_stale,
+                    s.invalid,
+                )
     finally:
         await sim.stop()
+        if stats_path is not None:
+            _write_stats(stats_path, sim)  # the final count, after the goodbyes
 
 
 async def send_fault(args: argparse.Namespace) -> int:

@@ -22,11 +22,23 @@ Topic tree (``{p}`` is the configurable prefix, default ``cityctl``)::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import reprlib
+import types
+import typing
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ALARM_KINDS",
@@ -67,11 +79,90 @@ class PayloadError(ValueError):
         self.reason = reason
 
 
+#: What a JSON value of a field of this type may be. pydantic's lax mode would read "50" or
+#: true as a number and a number as a Unix time; an integral float (60.0) is a fine int.
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    float: (int, float),
+    int: (int, float),
+    bool: (bool,),
+    str: (str,),
+    dt.datetime: (str,),
+    dt.time: (str,),
+}
+
+
+#: Validation context key: the data was just parsed from JSON (see ``_Payload``).
+_FROM_JSON = "cityctl_from_json"
+
+
+@functools.cache
+def _json_types(model: type[BaseModel]) -> tuple[tuple[str, tuple[type, ...]], ...]:
+    """``(key, JSON types allowed)`` for the fields of ``model`` with a plain scalar type."""
+    out = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+        allowed: list[type] = []
+        for arg in typing.get_args(ann) if union else (ann,):
+            if arg is type(None):
+                allowed.append(type(None))
+            elif arg in _JSON_TYPES:
+                allowed.extend(_JSON_TYPES[arg])
+            else:
+                break  # enums, literals, lists, models: pydantic checks those strictly already
+        else:
+            out.append((info.alias or name, tuple(allowed)))
+    return tuple(out)
+
+
 class _Payload(BaseModel):
-    # Unknown keys are ignored (forward compatibility with newer nodes) but types are strict
-    # enough that a string where a number belongs is an error, not a silent coercion.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Unknown keys are ignored (forward compatibility with newer nodes) but types are strict:
+    # a string or a boolean where a number belongs is an error, not a silent coercion, and
+    # so is a non-finite number (an "Infinity" energy counter would poison every sum).
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
     v: Literal[1] = PROTOCOL_VERSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_json_types(cls, data: Any, info: ValidationInfo) -> Any:
+        # Only what came off the wire (decode() says so): code builds models from Python
+        # values, datetimes included.
+        if not isinstance(data, dict) or not (info.context or {}).get(_FROM_JSON):
+            return data
+        if "v" in data and type(data["v"]) is not int:
+            raise ValueError(
+                f"v: the protocol version must be the integer 1, got {_json_name(data['v'])}"
+            )
+        for key, allowed in _json_types(cls):
+            if key not in data:
+                continue
+            value = data[key]
+            if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+                want = " or ".join(sorted({_JSON_NAMES[t] for t in allowed}))
+                raise ValueError(f"{key}: expected {want}, got {_json_name(value)}")
+        return data
+
+
+_JSON_NAMES = {
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    type(None): "null",
+}
+
+
+def _json_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "…"
+        return f"{shown!r} (a string)"
+    if isinstance(value, int | float):
+        return f"{value!r} (a number)"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
@@ -94,9 +185,9 @@ class CommandAck(_Payload):
     """A node's answer to a command addressed to it alone, or to any command it rejects."""
 
     node: NodeId
-    cmd_id: str
+    cmd_id: str = Field(max_length=64)
     status: Literal["applied", "rejected"]
-    reason: str = ""
+    reason: str = Field(default="", max_length=500)
 
 
 class NodeMode(StrEnum):
@@ -117,17 +208,18 @@ class NodeState(_Payload):
     """A node's retained state; the ``cmd_id`` of the last applied command is its acknowledgement."""
 
     node: NodeId
-    group: str
+    group: NodeId
     ts: dt.datetime
     level: Percent = Field(description="Level the driver outputs now (mid-ramp: between).")
     target: Percent = Field(description="Level the node is heading to.")
-    cmd_id: str | None = None
+    cmd_id: str | None = Field(default=None, max_length=64)
     mode: NodeMode = NodeMode.REMOTE
     power_w: float = Field(ge=0.0, le=100_000.0)
     energy_wh: float = Field(ge=0.0)
     burn_h: float = Field(ge=0.0)
-    switches: int = Field(ge=0)
-    faults: list[NodeFault] = Field(default_factory=list)
+    # 64 bits, as telemetry stores it; a list of the node's own diagnoses, not a log of them.
+    switches: int = Field(ge=0, le=2**63 - 1)
+    faults: list[NodeFault] = Field(default_factory=list, max_length=len(NodeFault))
     _v_ts = field_validator("ts")(_aware)
 
 
@@ -327,15 +419,26 @@ def decode(model: type[M], payload: bytes | str) -> M:
     if not isinstance(raw, dict):
         raise PayloadError("", f"expected a JSON object, got {type(raw).__name__}")
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={_FROM_JSON: True})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{…}"
-        if len(shown) > 60:
-            shown = shown[:57] + "…"
-        raise PayloadError(field or "payload", f"{err['msg']} (got {shown})") from None
+        msg = err["msg"]
+        if err["type"] == "value_error" and isinstance(value, dict):
+            # The check of the JSON types of an object's keys: its message names the key.
+            key, _, why = msg.removeprefix("Value error, ").partition(": ")
+            raise PayloadError(f"{field}.{key}" if field else key, why) from None
+        # reprlib: a 5 MB string or a list nested 900 deep is shown in a few characters.
+        shown = _SHORT.repr(value) if not isinstance(value, dict) else "{…}"
+        raise PayloadError(field or "payload", f"{msg} (got {shown})") from None
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 57
+_SHORT.maxother = 57
+_SHORT.maxlist = 6
+_SHORT.maxlevel = 3
 
 
 def encode(message: BaseModel) -> bytes:

@@ -13,7 +13,7 @@ from 0 like pydantic's; :meth:`Problem.under` puts a prefix in front.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,24 @@ _DAY = dt.timedelta(days=1)
 #: year in that span), so 28 years of dates show everything an open-ended rule can match.
 _CYCLE_YEARS = 28
 _FIRST, _LAST = dt.date(1901, 1, 1), dt.date(2099, 12, 31)
+
+#: Findings by the checks' inputs (as JSON). The checks are pure and slow (a year of sun
+#: times per program, 28 years of dates per calendar), and the same programs and calendars are
+#: checked again and again: at every start by ``load_config`` and then by the schedule store's
+#: bootstrap, and by every API save for the parts it did not touch. Cleared when full.
+_CACHE_MAX = 512
+_checked: dict[tuple[object, ...], tuple[Problem, ...]] = {}
+
+
+def _remembered(key: tuple[object, ...], check: Callable[[], list[Problem]]) -> list[Problem]:
+    """``check()``'s findings, computed once per ``key``."""
+    found = _checked.get(key)
+    if found is None:
+        found = tuple(check())
+        if len(_checked) >= _CACHE_MAX:
+            _checked.clear()
+        _checked[key] = found
+    return list(found)
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,11 @@ def check_program(program: LightingProgram, location: Location, year: int) -> li
     * warning ``steps``: every level is 0, the lights never come on.
     * warning ``steps[i].at``: the step falls outside its night (12:00–12:00) and is clamped.
     """
+    key = ("program", program.model_dump_json(), location.model_dump_json(), year)
+    return _remembered(key, lambda: _check_program(program, location, year))
+
+
+def _check_program(program: LightingProgram, location: Location, year: int) -> list[Problem]:
     tz = location.tz
     problems: list[Problem] = []
     order: dict[int, tuple[str, int]] = {}
@@ -201,6 +224,12 @@ def check_calendar(calendar: LightingCalendar, programs: Collection[str]) -> lis
     * warning ``default``: a rule without conditions matches every night, so the default is
       never used.
     """
+    # Only the program names matter (a mapping by name gives its keys).
+    key = ("calendar", calendar.model_dump_json(), tuple(sorted(programs)))
+    return _remembered(key, lambda: _check_calendar(calendar, programs))
+
+
+def _check_calendar(calendar: LightingCalendar, programs: Collection[str]) -> list[Problem]:
     problems: list[Problem] = []
     known = ", ".join(sorted(programs)) or "none"
     if calendar.default not in programs:

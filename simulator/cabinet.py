@@ -11,7 +11,8 @@ Three layers, the pure ones first:
 - :class:`ConflictMonitor` watches what the heads show and names the first rule broken:
   conflicting groups open together (fault 1), a clearance shorter than its minimum or a green
   ending without one (2), a conflicting green before the all-red / intergreen minimum (3), a
-  green shorter than its minimum (4), a value that is no signal code (5).
+  green shorter than its minimum (4), a value that is no signal code, or a flash code outside a
+  whole flash set (5).
 - :class:`LocalPlan` is the cabinet's own fixed-time plan: from whatever is shown it ends the
   greens (after their minimum), runs the clearances and the all-red, then cycles its stages;
   asked to wind down it stops at the next all-red.
@@ -95,6 +96,7 @@ _RED_AMBER = int(SignalCode.RED_AMBER)
 _OPEN = frozenset(int(c) for c in OPEN_CODES)
 _CLEARANCE = frozenset(int(c) for c in CLEARANCE_CODES)
 _CODES = frozenset(int(c) for c in SignalCode)
+_FLASH_CODES = frozenset({int(SignalCode.FLASH_YELLOW), int(SignalCode.DARK)})
 
 
 class DetectorSource(Protocol):
@@ -421,9 +423,34 @@ class ConflictMonitor:
                         fault(FaultCode.SHORT_ALL_RED, (j, i), what)
         if found:
             return min(found, key=lambda f: _PRIORITY.index(f.code))
+        # Flash codes only as a whole flash set: a group flashing yellow (or dark) next to
+        # greens invites its traffic into the conflict area, and "open" does not cover it.
+        # (Checked last: a green ending in dark is reported as the skipped clearance.)
+        flash, was_flash = self._is_flash(outputs), self._is_flash(tm.shown)
+        if not flash:
+            for i, code in enumerate(outputs):
+                if code in _FLASH_CODES:
+                    what = f"{ids[i]}: {SignalCode(code).name} outside flash"
+                    return MonitorFault(FaultCode.ILLEGAL_CODE, (i,), what, t)
+            if was_flash and any(c != _RED for c in outputs):
+                return MonitorFault(FaultCode.ILLEGAL_CODE, (), "flash left but not to all red", t)
+        if was_flash and not flash:
+            # Out of flash into all red: nothing was cleared properly, the all-red minima
+            # run from here (as after the cabinet's own flash).
+            self.reset(t)
+            return None
         for i, new in enumerate(outputs):
             tm.set(i, new, t)
         return None
+
+    def _is_flash(self, shown: Sequence[int]) -> bool:
+        """A whole flash set: vehicles flash yellow or dark, pedestrians dark or red."""
+        if not any(c in _FLASH_CODES for c in shown):
+            return False
+        return all(
+            c in ((int(SignalCode.DARK), _RED) if g.kind == "pedestrian" else _FLASH_CODES)
+            for g, c in zip(self.spec.groups, shown, strict=True)
+        )
 
 
 # -- the local plan --------------------------------------------------------------------------

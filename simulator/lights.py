@@ -9,6 +9,20 @@ subscribes to exactly what a real node would: its ``node/{id}/set`` and its grou
 every node, retained commands reach a node when it (re)connects, and a node whose link is down
 hears nothing — all as in the field.
 
+**Gateway mode** (``gateway_size=K``): K nodes share one connection, as the light points of a
+street segment share their segment controller (a gateway on the pole or in the feeder pillar,
+talking to the lamps over power line or radio). On the wire nothing changes: each node still
+publishes its own retained state, acks and availability on its own topics, and the gateway
+subscribes to exactly its nodes' ``node/{id}/set`` and its groups' ``set``/``fallback``
+topics, so the controller cannot tell the difference. What changes is the fan-out: the broker
+sends a group command once per gateway instead of once per node, and the gateway hands it to
+its nodes — which is how large installations keep a broker and a simulator (10,000 nodes on a
+2-core machine) out of the way of what is measured. One connection has one last will, so a
+node's availability is the gateway's word: it publishes ``offline`` for a node it lost
+(``node_offline``, ``supply_lost``) and for all its nodes when it shuts down; a gateway that
+dies without a word leaves its nodes' availability as it was, and the controller's fault
+detector finds them silent after ``lighting.faults.stale_after_s``.
+
 Fault injection (``sim/lights/node/{id}/fault``) is out of band: one control link per simulator
 subscribes to ``sim/lights/node/+/fault`` and dispatches by node id (a dict lookup). It cannot
 ride on the node's own link, because ``node_offline`` and ``supply_lost`` take that link down
@@ -146,6 +160,9 @@ class SimStats:
     acks_suppressed: int = 0
     states_published: int = 0
     publish_failed: int = 0
+    #: Of ``publish_failed``: sent on a live connection but not confirmed (the PUBACK did not
+    #: come in time); the broker may well have it, and pass it on.
+    publish_unconfirmed: int = 0
     faults_changed: int = 0
     unknown_fault_targets: int = 0
     received: int = 0  # messages delivered to node links (all nodes)
@@ -167,6 +184,18 @@ class _Node:
     tokens: float = 0.0
     tokens_at: float = 0.0
     cut: bool = False  # link deliberately down (node_offline / supply_lost)
+    gateway: _Gateway | None = None  # gateway mode: the connection this node shares
+
+
+@dataclass(eq=False)
+class _Gateway:
+    """Gateway mode: one connection carrying several nodes (see the module docstring)."""
+
+    name: str
+    nodes: list[_Node]
+    by_group: dict[str, list[_Node]] = field(default_factory=dict)
+    link: MqttLink | None = None
+    task: asyncio.Task[None] | None = None
 
 
 Broker = str | tuple[str, int] | MqttSettings | Callable[[str], MqttSettings]
@@ -202,9 +231,14 @@ class LightSimulator:
         state_qos: int = 1,
         reject_burst: int = 20,
         reject_rate_hz: float = 5.0,
+        gateway_size: int | None = None,
     ) -> None:
         if report_interval_s <= 0 or tick_hz <= 0:
             raise ValueError("report_interval_s and tick_hz must be positive")
+        if gateway_size is not None and gateway_size < 1:
+            raise ValueError(f"gateway_size must be at least 1, got {gateway_size!r}")
+        #: Nodes per connection in gateway mode; None: one connection per node.
+        self.gateway_size = gateway_size
         self._broker = broker
         self.topics = Topics(prefix)
         self.fallback_after_s = fallback_after_s
@@ -244,6 +278,16 @@ class LightSimulator:
                 tokens_at=now,
             )
         self._counters = SimStats(nodes=len(self._nodes))
+        self._gateways: list[_Gateway] = []
+        if gateway_size is not None:
+            rts = list(self._nodes.values())
+            for k in range(0, len(rts), gateway_size):
+                chunk = rts[k : k + gateway_size]
+                gw = _Gateway(name=f"gw-{chunk[0].spec.node}", nodes=chunk)
+                for rt in chunk:
+                    rt.gateway = gw
+                    gw.by_group.setdefault(rt.spec.group, []).append(rt)
+                self._gateways.append(gw)
         self._decoded: dict[tuple[type[BaseModel], bytes], BaseModel | PayloadError] = {}
         self._logged_topics: set[str] = set()
         self._dirty: dict[str, _Node] = {}
@@ -275,9 +319,24 @@ class LightSimulator:
         """A snapshot of the counters."""
         snap = dataclasses.replace(self._counters)
         snap.invalid_by_node = {n: rt.invalid for n, rt in self._nodes.items() if rt.invalid}
-        snap.online = sum(1 for rt in self._nodes.values() if rt.link and rt.link.connected)
-        snap.received = sum(rt.link.stats.received for rt in self._nodes.values() if rt.link)
+        snap.online = sum(
+            1
+            for rt in self._nodes.values()
+            if rt.link and rt.link.connected and not (rt.gateway is not None and rt.cut)
+        )
+        snap.received = sum(link.stats.received for link in self._links())
         return snap
+
+    @property
+    def connections(self) -> int:
+        """Broker connections of the nodes: one per node, or one per gateway."""
+        return len(self._gateways) if self._gateways else len(self._nodes)
+
+    def _links(self) -> list[MqttLink]:
+        """Every node connection once (a gateway's link is shared by its nodes)."""
+        if self._gateways:
+            return [gw.link for gw in self._gateways if gw.link is not None]
+        return [rt.link for rt in self._nodes.values() if rt.link is not None]
 
     async def start(self, *, wait_s: float | None = 30.0) -> None:
         """Connect every node (and the fault-injection link) and start ticking.
@@ -299,10 +358,17 @@ class LightSimulator:
         for rt in self._nodes.values():
             rt.model.boot(boot)
             rt.model.changed = False  # the connect announcement publishes the state anyway
+            if rt.gateway is not None:
+                continue  # its gateway's link, below
             rt.link = self._node_link(rt)
             if rt.cut:
                 rt.link.abort()  # injected before start: the node comes up cut off (or dead)
             rt.task = asyncio.create_task(rt.link.run(), name=f"sim-{rt.spec.node}")
+        for gw in self._gateways:
+            gw.link = self._gateway_link(gw)
+            for rt in gw.nodes:
+                rt.link = gw.link
+            gw.task = asyncio.create_task(gw.link.run(), name=f"sim-{gw.name}")
         self._publisher_task = asyncio.create_task(self._publisher(), name="sim-publisher")
         self._ticker_task = asyncio.create_task(self._ticker(), name="sim-ticker")
         if wait_s is not None and not await self.wait_connected(wait_s):
@@ -315,9 +381,14 @@ class LightSimulator:
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until every node that should be up (and the control link) is connected."""
-        waits: list[Awaitable[bool]] = [
-            rt.link.wait_connected() for rt in self._nodes.values() if rt.link and not rt.cut
-        ]
+        if self._gateways:
+            waits: list[Awaitable[bool]] = [
+                gw.link.wait_connected() for gw in self._gateways if gw.link
+            ]
+        else:
+            waits = [
+                rt.link.wait_connected() for rt in self._nodes.values() if rt.link and not rt.cut
+            ]
         if self._control is not None:
             waits.append(self._control.wait_connected())
         try:
@@ -333,27 +404,53 @@ class LightSimulator:
         if not self._running:
             return
         self._running = False
-        for task in (self._ticker_task, self._publisher_task, *self._tasks):
+        for task in (self._ticker_task, self._publisher_task):
             if task is not None:
                 task.cancel()
-        for task in (self._ticker_task, self._publisher_task, *self._tasks):
+        for task in (self._ticker_task, self._publisher_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Publishes already under way finish first (briefly): cut off mid-flight, a state
+        # could reach the broker without the simulator ever counting it as published.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._tasks.clear()
         closes = [
             rt.link.close(goodbye=(rt.availability_topic, b"offline"))
             for rt in self._nodes.values()
-            if rt.link is not None
+            if rt.link is not None and rt.gateway is None
         ]
+        closes += [self._close_gateway(gw) for gw in self._gateways]
         if self._control is not None:
             closes.append(self._control.close())
         await asyncio.gather(*closes, return_exceptions=True)
-        for rt in self._nodes.values():
-            if rt.task is not None and not rt.task.done():
-                rt.task.cancel()
+        tasks = [rt.task for rt in self._nodes.values()] + [gw.task for gw in self._gateways]
+        for task in tasks:
+            if task is not None and not task.done():
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await rt.task
+                    await task
+
+    async def _close_gateway(self, gw: _Gateway) -> None:
+        """The gateway says goodbye for each of its nodes, then disconnects."""
+        link = gw.link
+        if link is None:
+            return
+        if link.connected:
+            await asyncio.gather(
+                *(
+                    link.publish(rt.availability_topic, b"offline", qos=1, retain=True)
+                    for rt in gw.nodes
+                ),
+                return_exceptions=True,
+            )
+        await link.close()
 
     def inject(self, node_id: str, fault: InjectedFault | str) -> None:
         """Switch a fault on (``node_offline`` cuts the node's link so its will fires)."""
@@ -394,6 +491,23 @@ class LightSimulator:
         link.subscribe(self.topics.group_fallback(spec.group), partial(self._on_fallback, rt))
         return link
 
+    def _gateway_link(self, gw: _Gateway) -> MqttLink:
+        # No last will: one connection has one, and it cannot say which nodes went quiet.
+        settings = dataclasses.replace(
+            self._settings(f"{self.client_prefix}{gw.name}", None),
+            # Each node's state and availability at once, as on a connect: all in flight.
+            max_inflight=max(20, 2 * len(gw.nodes) + 10),
+        )
+        link = MqttLink(settings, on_connect=partial(self._announce_gateway, gw), name=gw.name)
+        for rt in gw.nodes:
+            link.subscribe(self.topics.node_set(rt.spec.node), partial(self._on_command, rt, True))
+        for group, members in gw.by_group.items():
+            link.subscribe(self.topics.group_set(group), partial(self._on_gateway_command, members))
+            link.subscribe(
+                self.topics.group_fallback(group), partial(self._on_gateway_fallback, members)
+            )
+        return link
+
     def _spawn(self, coro: Awaitable[Any], name: str) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         task.set_name(name)
@@ -406,16 +520,57 @@ class LightSimulator:
         await rt.link.publish(rt.availability_topic, b"online", qos=1, retain=True)
         await self._publish_state(rt)
 
+    async def _announce_gateway(self, gw: _Gateway) -> None:
+        assert gw.link is not None
+        link = gw.link
+        await asyncio.gather(
+            *(
+                self._announce(rt)
+                if not rt.cut
+                else link.publish(rt.availability_topic, b"offline", qos=1, retain=True)
+                for rt in gw.nodes
+            )
+        )
+
+    async def _on_gateway_command(
+        self, nodes: list[_Node], topic: str, payload: bytes, retained: bool
+    ) -> None:
+        """A group command reaching a gateway: every node of the group behind it takes it."""
+        if not payload:
+            self._counters.empty_payloads += 1
+            return
+        cmd = self._decode(LightCommand, payload)
+        live = [rt for rt in nodes if not rt.cut]  # a cut-off node hears nothing
+        if isinstance(cmd, PayloadError):
+            await asyncio.gather(*(self._reject(rt, topic, payload, cmd) for rt in live))
+            return
+        # Concurrently: each node's state is a QoS 1 publish; one at a time would make the
+        # last node of the segment wait for every other node's PUBACK.
+        await asyncio.gather(*(self._command(rt, False, cmd, topic) for rt in live))
+
+    async def _on_gateway_fallback(
+        self, nodes: list[_Node], topic: str, payload: bytes, retained: bool
+    ) -> None:
+        for rt in nodes:
+            if not rt.cut:
+                await self._on_fallback(rt, topic, payload, retained)
+
     async def _on_command(
         self, rt: _Node, addressed: bool, topic: str, payload: bytes, retained: bool
     ) -> None:
         if not payload:
             self._counters.empty_payloads += 1  # a retained command being cleared
             return
+        if rt.gateway is not None and rt.cut:
+            return  # behind a gateway: the node's own line is cut
         cmd = self._decode(LightCommand, payload)
         if isinstance(cmd, PayloadError):
             await self._reject(rt, topic, payload, cmd)
             return
+        await self._command(rt, addressed, cmd, topic)
+
+    async def _command(self, rt: _Node, addressed: bool, cmd: LightCommand, topic: str) -> None:
+        """Apply a decoded command to one node, publish its state and (addressed) its ack."""
         now = self.clock.monotonic()
         outcome = rt.model.command(cmd, now)
         c = self._counters
@@ -503,6 +658,10 @@ class LightSimulator:
             rt.cut = True
             if link is None:
                 pass
+            elif rt.gateway is not None:
+                # Behind a gateway the node's own line goes quiet; the gateway notices and
+                # reports the node offline (after its last state, when the supply went).
+                self._spawn(self._power_down(rt), f"sim-power-down-{rt.spec.node}")
             elif InjectedFault.NODE_OFFLINE in faults:
                 link.abort()  # the cable is cut: the broker fires the will
             else:
@@ -510,15 +669,30 @@ class LightSimulator:
                 self._spawn(self._power_down(rt), f"sim-power-down-{rt.spec.node}")
         elif not want_down and rt.cut:
             rt.cut = False
-            if link is not None:
+            if link is not None and rt.gateway is not None:
+                if link.connected:
+                    self._spawn(self._announce_safely(rt), f"sim-announce-{rt.spec.node}")
+            elif link is not None:
                 link.resume()  # on_connect publishes online + state
         if not rt.cut:
             self._mark_dirty(rt)
 
     async def _power_down(self, rt: _Node) -> None:
-        await self._publish_state(rt)
-        if rt.cut and rt.link is not None:
+        if rt.gateway is not None and InjectedFault.NODE_OFFLINE in rt.model.faults:
+            pass  # a cut line: no last state gets through
+        else:
+            await self._publish_state(rt)
+        if not rt.cut or rt.link is None:
+            return
+        if rt.gateway is None:
             rt.link.abort()
+            return
+        with contextlib.suppress(LinkDown):
+            await rt.link.publish(rt.availability_topic, b"offline", qos=1, retain=True)
+
+    async def _announce_safely(self, rt: _Node) -> None:
+        with contextlib.suppress(LinkDown):
+            await self._announce(rt)
 
     # -- publishing ------------------------------------------------------------------------
     def _mark_dirty(self, rt: _Node) -> None:
@@ -547,10 +721,13 @@ class LightSimulator:
         state: NodeState = rt.model.state(now)
         rt.model.changed = False
         rt.next_report = now + self.report_interval_s
+        was_up = link.connected
         try:
             await link.publish(rt.state_topic, encode(state), qos=self.state_qos, retain=True)
         except LinkDown:
             self._counters.publish_failed += 1  # the next connect announces the state anew
+            if was_up:
+                self._counters.publish_unconfirmed += 1
             return
         self._counters.states_published += 1
 
@@ -618,12 +795,16 @@ class LightSimulator:
         while True:
             await asyncio.sleep(period)
             now = self.clock.monotonic()
-            for rt in nodes:
+            for i, rt in enumerate(nodes):
                 changed = rt.model.tick(now)
                 if (changed or now >= rt.next_report) and not rt.cut:
                     link = rt.link
                     if link is not None and link.connected:
                         self._mark_dirty(rt)
+                if i % 500 == 499:
+                    # 10,000 nodes take ~100 ms to tick: let commands in between, or every
+                    # command would wait for the tick (the controller measures that wait).
+                    await asyncio.sleep(0)
 
 
 def _safe_decode(model: type[M], payload: bytes) -> M | PayloadError:

@@ -32,6 +32,7 @@ from controller.incidents import (
     IncidentError,
     UnknownIncident,
 )
+from controller.lighting.core import GroupStatus
 from controller.lighting.service import LightingService
 from controller.signals.service import SignalsService
 from controller.telemetry.service import TelemetryService
@@ -68,6 +69,11 @@ class ApiContext:
     schedules: ScheduleStore | None = None
     open_reads: bool = False
     started_mono: float = field(default_factory=time.monotonic)
+    #: Config reloads (SIGHUP) so far and the last one's outcome, for the health answer.
+    reloads: Callable[[], dict[str, Any]] | None = None
+    #: The controller's health fields (MQTT counters, nodes online and following, group-command
+    #: fan-out latency, memory), as recorded in ``controller_health``; for the health answer.
+    health: Callable[[], dict[str, Any]] | None = None
 
 
 def field_error(loc: list[str | int], msg: str, status: int = 422) -> HTTPException:
@@ -271,8 +277,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # -- reads ------------------------------------------------------------------------------
     @app.get("/api/v1/health", tags=["operations"])
     def health() -> dict[str, Any]:
-        """Liveness, no token needed: is the controller's loop answering."""
-        return {"status": "ok", "uptime_s": round(time.monotonic() - ctx.started_mono, 1)}
+        """Liveness, no token needed: is the controller's loop answering. ``config_reload``
+        counts the config reloads (SIGHUP) applied and refused, and when and how the last one
+        went (the problems themselves are in the log)."""
+        out: dict[str, Any] = {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - ctx.started_mono, 1),
+        }
+        if ctx.reloads is not None:
+            out["config_reload"] = ctx.reloads()
+        if ctx.health is not None:
+            out["controller"] = ctx.health()
+        return out
 
     @app.get("/api/v1/site", tags=["read"])
     def site(_: Reader) -> dict[str, Any]:
@@ -290,10 +306,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "intersections": len(cfg.signals.intersections),
         }
 
-    def group_json(gid: str) -> dict[str, Any]:
+    def group_json(gid: str, statuses: dict[str, GroupStatus] | None = None) -> dict[str, Any]:
         cfg = ctx.cfg()
         g = cfg.group(gid)
-        st = next(s for s in ctx.lighting.core.status() if s.group == gid)
+        if statuses is None:
+            statuses = {s.group: s for s in ctx.lighting.core.status()}
+        st = statuses[gid]
         return {
             "id": g.id,
             "name": g.name,
@@ -315,7 +333,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/api/v1/groups", tags=["read"])
     def groups(_: Reader) -> list[dict[str, Any]]:
         """Every lighting group with what it shows now and why."""
-        return [group_json(g.id) for g in ctx.cfg().lighting.groups]
+        # One pass over the nodes for all groups, not one per group.
+        statuses = {s.group: s for s in ctx.lighting.core.status()}
+        return [group_json(g.id, statuses) for g in ctx.cfg().lighting.groups]
 
     def known_group(gid: str) -> None:
         if gid not in {g.id for g in ctx.cfg().lighting.groups}:

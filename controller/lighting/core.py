@@ -144,6 +144,9 @@ class LightingCore:
     overrides: list[Override] = field(default_factory=list)
     _groups: dict[str, _GroupState] = field(default_factory=dict)
     _nodes: dict[str, _NodeState] = field(default_factory=dict)
+    #: The nodes of each group (the same objects as in ``_nodes``): per-group work must not
+    #: scan every node of the city (10,000 nodes × 100 groups is a million steps).
+    _group_nodes: dict[str, dict[str, _NodeState]] = field(default_factory=dict)
     _selectors: dict[str, ClassSelector] = field(default_factory=dict)
     _segment_groups: dict[str, list[str]] = field(default_factory=dict)
     _schedules: dict[str, GroupSchedule] = field(default_factory=dict)
@@ -160,7 +163,9 @@ class LightingCore:
                 self._selectors[group.id] = ClassSelector(group, self.cfg.lighting.traffic)
                 self._segment_groups.setdefault(group.traffic_segment, []).append(group.id)
         for group, node, lamp_w, min_dim in self.cfg.nodes():
-            self._nodes[node] = _NodeState(group=group.id, lamp_w=lamp_w, min_dim=min_dim)
+            ns = _NodeState(group=group.id, lamp_w=lamp_w, min_dim=min_dim)
+            self._nodes[node] = ns
+            self._group_nodes.setdefault(group.id, {})[node] = ns
         self.faults = FaultDetector(self.cfg.lighting.faults)
         self._rebuild_schedules()
         # Command ids must differ across controller restarts, or a node would take a new
@@ -322,10 +327,9 @@ class LightingCore:
                 )
                 st.sent_mono = mono
                 cmds.append(GroupCommand(group.id, st.cmd, "change"))
-                for ns in self._nodes.values():
-                    if ns.group == group.id:
-                        ns.retry_attempt = 0
-                        ns.retry_mono = float("-inf")
+                for ns in self._group_nodes.get(group.id, {}).values():
+                    ns.retry_attempt = 0
+                    ns.retry_mono = float("-inf")
             elif announce or mono - st.sent_mono >= refresh_s:
                 assert prev is not None
                 # Same command id: a node that already applied it only notes the heartbeat;
@@ -424,7 +428,7 @@ class LightingCore:
         out = []
         for group in self.cfg.lighting.groups:
             st = self._groups[group.id]
-            nodes = [ns for ns in self._nodes.values() if ns.group == group.id]
+            nodes = list(self._group_nodes.get(group.id, {}).values())
             conv = sum(1 for ns in nodes if st.cmd is not None and self._follows(ns, st.cmd))
             off = sum(1 for ns in nodes if ns.online is False)
             w = st.wanted
@@ -491,7 +495,7 @@ class LightingCore:
 
     def nodes_of(self, group: str) -> list[str]:
         """Node ids of a group."""
-        return [n for n, ns in self._nodes.items() if ns.group == group]
+        return list(self._group_nodes.get(group, {}))
 
     def node_state(self, node: str) -> NodeState | None:
         """The node's last reported state."""
@@ -508,9 +512,26 @@ class LightingCore:
             return False
         return all(
             self._follows(ns, st.cmd)
-            for ns in self._nodes.values()
-            if ns.group == group and ns.online
+            for ns in self._group_nodes.get(group, {}).values()
+            if ns.online
         )
+
+    def online_count(self, group: str) -> int:
+        """Nodes of the group known to be online (they are expected to acknowledge)."""
+        return sum(1 for ns in self._group_nodes.get(group, {}).values() if ns.online)
+
+    def following_count(self) -> int:
+        """Nodes of the whole controller that follow their group's current command."""
+        n = 0
+        for gid, nodes in self._group_nodes.items():
+            cmd = self._groups[gid].cmd
+            if cmd is not None:
+                n += sum(1 for ns in nodes.values() if self._follows(ns, cmd))
+        return n
+
+    def wanted_of(self, group: str) -> Wanted | None:
+        """What the last :meth:`plan` wanted for the group (None before the first)."""
+        return self._groups[group].wanted
 
 
 def _group_shapes(groups: Iterable[LightGroup]) -> list[LightGroup]:

@@ -16,6 +16,7 @@ see how long a lamp has been dark.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 
 from controller.config import FaultSettings
@@ -26,6 +27,12 @@ __all__ = ["FaultDetector", "NodeView"]
 
 #: Alarms judged from measured power, which needs a settled node.
 _POWER_ALARMS = ("lamp_failure", "power_out_of_band", "day_burner")
+
+
+@functools.lru_cache(maxsize=256)
+def _lamp(rated_w: float) -> LampPowerModel:
+    """The power model of a rating, built once (every node is judged at every step)."""
+    return LampPowerModel(rated_w=rated_w)
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class FaultDetector:
                 found["supply_lost"] = "reported by the node"
         if "node_offline" in found:
             return found
-        lamp = LampPowerModel(rated_w=v.lamp_w)
+        lamp = _lamp(v.lamp_w)
         settled = abs(st.level - st.target) < 0.5 and v.group_cmd_age_s >= s.settle_s
         if not settled:
             for kind in _POWER_ALARMS:
@@ -116,7 +123,7 @@ class FaultDetector:
         for v in views:
             old = self.active.get(v.node, {})
             found = self.diagnose(v, link_up_for_s, old)
-            if set(found) == set(old):
+            if found.keys() == old.keys():
                 # Same kinds: keep the original 'since', refresh nothing.
                 continue
             new = {

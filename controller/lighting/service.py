@@ -12,7 +12,8 @@ import contextlib
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from controller.aio import cancel_and_wait
@@ -20,6 +21,7 @@ from controller.clock import Clock
 from controller.config import CityConfig, LightingClass
 from controller.diagnostics import DropCounter
 from controller.lighting.core import LightingCore
+from controller.lighting.fanout import FanoutTracker
 from controller.telemetry.recorder import Recorder
 from controller.telemetry.schema import (
     alarm_mask,
@@ -63,12 +65,21 @@ class LightingStats:
     node_retries: int = 0
     announces: int = 0
     states: int = 0
+    #: Of ``states``: retained copies (delivered on (re)subscribing, not freshly published).
+    states_retained: int = 0
     counts: int = 0
     rejections: int = 0
+    #: Messages about other districts' nodes and segments, ignored (not drops: not bad input).
+    foreign: int = 0
 
 
 class LightingService:
-    """Runs the street-lighting control loop over one :class:`MqttLink`."""
+    """Runs the street-lighting control loop over one :class:`MqttLink`.
+
+    ``foreign_nodes`` and ``foreign_segments`` are what other instances of a district-sharded
+    city own (``docs/scaling.md``): their messages reach this one through the wildcard
+    subscriptions and are counted in ``stats.foreign``, not logged or dropped as bad input.
+    """
 
     def __init__(
         self,
@@ -78,13 +89,19 @@ class LightingService:
         *,
         topics: Topics,
         telemetry: Recorder | None = None,
+        foreign_nodes: Collection[str] = frozenset(),
+        foreign_segments: Collection[str] = frozenset(),
     ) -> None:
         self.cfg = cfg
         self.link = link
+        self.foreign_nodes = frozenset(foreign_nodes)
+        self.foreign_segments = frozenset(foreign_segments)
         self.clock = clock
         self.topics = topics
         self.core = LightingCore(cfg, controller_id=cfg.controller.id)
         self.stats = LightingStats()
+        #: Publish of a new group command → its last node's acknowledging state (real time).
+        self.fanout = FanoutTracker()
         self.drops = DropCounter(log, "payload")
         self._wake = asyncio.Event()
         self._announce = False
@@ -95,6 +112,11 @@ class LightingService:
         self._last_status = float("-inf")
         self._lock = asyncio.Lock()
         self._scheduler: object | None = None
+        self._scheduled_for: dt.datetime | None = None
+        #: (schedule generation, next transition, computed at): see :meth:`_next_change`.
+        self._next_cache: tuple[int, dt.datetime | None, dt.datetime] | None = None
+        self._schedule_gen = 0
+        self._wake_timer: asyncio.TimerHandle | None = None
         #: Where node states, faults and group summaries are recorded (``docs/telemetry.md``);
         #: None records nothing.
         self.telemetry = telemetry
@@ -109,6 +131,23 @@ class LightingService:
     def wake(self) -> None:
         """Ask the loop to recompute now."""
         self._wake.set()
+
+    def _wake_soon(self, delay_s: float = 0.25) -> None:
+        """Ask the loop to recompute within ``delay_s`` (real seconds), once for all the
+        requests made meanwhile."""
+        if self._wake_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (a unit test): at once
+            self.wake()
+            return
+
+        def fire() -> None:
+            self._wake_timer = None
+            self.wake()
+
+        self._wake_timer = loop.call_later(delay_s, fire)
 
     async def on_connect(self) -> None:
         """Called by the link after every (re)connect: announce and re-send what is wanted now."""
@@ -168,6 +207,7 @@ class LightingService:
         lt = self.cfg.lighting
         announce, self._announce = self._announce, False
         self.stats.steps += 1
+        self.fanout.expire(time.monotonic())
         cmds, retries = self.core.plan(
             now, mono, refresh_s=lt.refresh_s, retry_after_s=lt.retry_after_s, announce=announce
         )
@@ -182,6 +222,9 @@ class LightingService:
                     self.topics.group_fallback(fb.group), encode(fb), qos=1, retain=True
                 )
             for gc in cmds:
+                if gc.reason == "change":
+                    waiting = self.core.online_count(gc.group)
+                    self.fanout.sent(gc.group, gc.command.cmd_id, waiting, time.monotonic())
                 await self.link.publish(
                     self.topics.group_set(gc.group), encode(gc.command), qos=1, retain=True
                 )
@@ -243,7 +286,8 @@ class LightingService:
         )
 
     def _log_level(self, group: str, level: float, ramp_s: float, reason: str) -> None:
-        want = next((s for s in self.core.status() if s.group == group), None)
+        # The group's own wanted level, not core.status(): that counts every node's state.
+        want = self.core.wanted_of(group)
         detail = want.detail if want else ""
         source = want.source if want else ""
         prev = self._last_levels.get(group)
@@ -361,6 +405,7 @@ class LightingService:
         self._scheduler = sched
 
     def _stop_scheduler(self) -> None:
+        self._scheduled_for = None  # a new scheduler has no job yet
         sched = self._scheduler
         if sched is not None:
             with contextlib.suppress(Exception):
@@ -372,8 +417,9 @@ class LightingService:
         if sched is None:
             return
         nxt = self._next_change(now)
-        if nxt is None:
+        if nxt is None or nxt == self._scheduled_for:
             return
+        self._scheduled_for = nxt
         # One job, replaced each time: a missed or duplicate wake-up only costs a recompute.
         sched.add_job(  # type: ignore[attr-defined]
             self.wake,
@@ -386,6 +432,20 @@ class LightingService:
         )
 
     def _next_change(self, now: dt.datetime) -> dt.datetime | None:
+        # The next transition stays the same until it passes or the schedules change: at
+        # 100 groups working it out again at every step cost more than the step itself.
+        cached = self._next_cache
+        if cached is not None and cached[0] == self._schedule_gen:
+            _, value, computed = cached
+            if value is not None and computed <= now < value:
+                return value
+            if value is None and computed <= now < computed + dt.timedelta(hours=1):
+                return None
+        value = self._compute_next_change(now)
+        self._next_cache = (self._schedule_gen, value, now)
+        return value
+
+    def _compute_next_change(self, now: dt.datetime) -> dt.datetime | None:
         nxt: dt.datetime | None = None
         for g in self.cfg.lighting.groups:
             t = next_change_after(self.core.schedule(g.id), now)
@@ -401,7 +461,9 @@ class LightingService:
             return
         node, leaf = parsed
         if not self.core.knows_node(node):
-            if payload:  # an empty retained message is someone clearing a topic: fine
+            if node in self.foreign_nodes:
+                self.stats.foreign += 1  # another district's node: its own instance judges it
+            elif payload:  # an empty retained message is someone clearing a topic: fine
                 self.drops.drop(topic, f"unknown node {node!r} (not in config)")
             return
         mono = self.clock.monotonic()
@@ -415,6 +477,16 @@ class LightingService:
                 prev = self.core.node_state(node)
                 self.core.on_node_state(state, mono)
                 self.stats.states += 1
+                if retained:
+                    self.stats.states_retained += 1
+                cmd_id = state.cmd_id
+                if (
+                    cmd_id is not None
+                    and self.fanout.pending
+                    and (prev is None or prev.cmd_id != cmd_id)
+                ):
+                    # The node's first state with this cmd_id: its acknowledgement.
+                    self.fanout.acked(self.core.node_group(node), cmd_id, time.monotonic())
                 if self.telemetry is not None and state != prev:
                     # The same state again is a retained copy (a reconnect): recorded once.
                     self._record_state(state)
@@ -432,9 +504,13 @@ class LightingService:
                     group = self.core.node_group(node)
                     record(self.telemetry, light_node_online(group, node, text == ONLINE))
                 if text == ONLINE:
-                    self.wake()  # a node came back: it may need a retry
+                    # A node came back: it may need a retry. Once for a burst: 10,000 nodes
+                    # coming online must not cost 10,000 recomputes of the whole city.
+                    self._wake_soon()
             elif leaf == "ack":
                 ack = decode(CommandAck, payload)
+                if ack.node != node:
+                    raise PayloadError("node", f"{ack.node!r} does not match the topic's node")
                 if ack.status == "rejected":
                     self.stats.rejections += 1
                     log.warning("node %s rejected command %s: %s", node, ack.cmd_id, ack.reason)
@@ -443,7 +519,13 @@ class LightingService:
 
     def _on_count(self, topic: str, payload: bytes, retained: bool) -> None:
         segment = self.topics.segment_from(topic)
-        if segment is None or not payload:
+        if not payload:
+            return
+        if segment is None:  # an empty segment id: the subscription's + matches it
+            self.drops.drop(topic, "topic outside the protocol")
+            return
+        if segment in self.foreign_segments:
+            self.stats.foreign += 1  # counts for another district's roads: not ours to judge
             return
         try:
             count = decode(TrafficCount, payload)
@@ -467,10 +549,12 @@ class LightingService:
         """
         self.core.reconfigure(cfg)
         self.cfg = cfg
+        self._schedule_gen += 1
         self.wake()
 
     # -- overrides --------------------------------------------------------------------------
     def set_overrides(self, overrides: Iterable[Override]) -> None:
         """Replace the active overrides and recompute at once."""
         self.core.set_overrides(overrides)
+        self._schedule_gen += 1
         self.wake()

@@ -14,6 +14,12 @@ benchmark and the tests run exactly the same code:
    is counted and returned so the shell can raise an alarm, and the flash holds until an
    operator (or a resynchronisation with the cabinet) restarts the engine.
 
+Two ways (re)start the engine: :meth:`IntersectionControl.restart` from an all-red start-up
+(after flash or a hand-over through all red), and :meth:`IntersectionControl.adopt`, which takes
+over heads that already show a stage's greens cleanly (a controller restarted while the
+cabinet still follows its predecessor's outputs) without changing them. Both go through the
+engine's and the monitor's own public entry points, never around them.
+
 Nothing here sleeps or touches a socket; ``now`` is the injected monotonic clock (seconds).
 """
 
@@ -25,7 +31,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from controller.signals.detectors import DetectorBank, DetectorSettings, TrafficView
-from controller.signals.engine import EngineOutput, PhaseEngine, Request
+from controller.signals.engine import (
+    EngineOutput,
+    NotAdoptable,
+    PhaseEngine,
+    Request,
+    shown_stage,
+)
 from controller.signals.model import Intersection, Signal
 from controller.signals.safety import SafetyMonitor, Violation
 from controller.signals.strategies import AdaptiveConfig, Strategy, StrategySelector
@@ -68,6 +80,7 @@ class ControlStats:
     violations_by_kind: dict[str, int] = field(default_factory=dict)
     flashes: int = 0
     restarts: int = 0
+    adoptions: int = 0
     max_outs: int = 0
     refused_requests: int = 0
 
@@ -176,6 +189,46 @@ class IntersectionControl:
         self._last_stage = None
         self.monitor.check(now, self.output.signals)
         self.detectors.update_signals(self.output.signals, now)
+
+    def adopt(self, now: float, signals: Sequence[int]) -> str:
+        """Take over heads that already show ``signals``, a clean stage; returns the stage.
+
+        For a controller restarted while the cabinet still follows its predecessor's outputs:
+        instead of making the cabinet end those greens and winding down to all red, the
+        intersection carries on in the stage shown. ``signals`` must be a clean state of the
+        model (:func:`~controller.signals.engine.shown_stage`: one stage's greens, the rest
+        red, nothing in transition); the engine starts in that stage
+        (:meth:`~controller.signals.engine.PhaseEngine.start_in`: minimum and max green from
+        ``now``, every red taken as just cleared) and the monitor takes the same state over
+        (:meth:`~controller.signals.safety.SafetyMonitor.adopt`), each with its own checks.
+        The output is then exactly ``signals``: writing it changes nothing on the heads.
+
+        Raises :class:`~controller.signals.engine.NotAdoptable` (a ``ValueError``) saying why,
+        and changes nothing, when the display is not such a state.
+        """
+        stage, walking = shown_stage(self.x, signals)
+        engine = PhaseEngine(self.x, now=now, startup_red_s=self._startup_red_s)
+        engine.start_in(now, stage, walking)
+        out = engine.output
+        if tuple(int(s) for s in out.signals) != tuple(int(c) for c in signals):
+            raise NotAdoptable(f"stage {stage!r} does not show exactly the display")  # a bug
+        monitor = SafetyMonitor(self.x)
+        try:
+            monitor.adopt(now, out.signals)
+        except ValueError as exc:
+            raise NotAdoptable(f"the safety monitor refuses it: {exc}") from None
+        self.stats.adoptions += 1
+        self._sync_engine_stats()
+        self.engine = engine
+        self._engine_base = engine.stats
+        self.monitor = monitor
+        self.output = out
+        self.flash_reason = None
+        # The stage was already green: not a stage change of ours, and its green start (for
+        # coordination) is unknown, so it is not fed to the downstream neighbour.
+        self._last_stage = stage
+        self.detectors.update_signals(out.signals, now)
+        return stage
 
     def flash(self, now: float, reason: str) -> None:
         """Go to flash on purpose (operator, cabinet fault); :meth:`restart` leaves it."""

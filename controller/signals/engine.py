@@ -34,6 +34,14 @@ The rules, in the order they bite:
 * **Flash** — :meth:`PhaseEngine.enter_flash` turns vehicles to FLASH_YELLOW and pedestrians
   DARK at once (flash is the safe state); :meth:`PhaseEngine.leave_flash` goes back through the
   startup all-red.
+* **Adoption** — :meth:`PhaseEngine.start_in` replaces the startup all-red with a stage the
+  heads *already* show (a controller restarted while the cabinet still follows the previous
+  one's outputs; :func:`shown_stage` recognises such a display). Nothing changes on the heads;
+  the history that nobody knows any more is assumed at its worst: every green started at the
+  adoption (its minimum green, the max green and the walk count from there — the green may
+  already have run, which only lengthens it), and every red group ended its clearance at the
+  adoption (the all-red and intergreen to a conflicting group count from there). The first
+  transition out of the stage is an ordinary one, with the model's full clearances.
 
 Requests are *level-triggered*: the latest valid request stands until the next one (a strategy
 states what it wants at every step). A request naming an unknown stage or an unknown crossing
@@ -50,6 +58,7 @@ tolerance is three orders of magnitude inside the ``1e-6`` s that the independen
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -60,7 +69,16 @@ from controller.signals.model import (
     Signal,
 )
 
-__all__ = ["TIME_EPS", "EngineOutput", "EngineStats", "Phase", "PhaseEngine", "Request"]
+__all__ = [
+    "TIME_EPS",
+    "EngineOutput",
+    "EngineStats",
+    "NotAdoptable",
+    "Phase",
+    "PhaseEngine",
+    "Request",
+    "shown_stage",
+]
 
 TIME_EPS = 1e-9
 """Float-noise tolerance for "has this much time passed" (see the module docstring)."""
@@ -71,6 +89,45 @@ Phase = Literal["startup", "green", "clearance", "flash"]
 def _reached(elapsed: float, need: float) -> bool:
     """``elapsed >= need`` up to float noise of the summed clock."""
     return elapsed + TIME_EPS >= need
+
+
+class NotAdoptable(ValueError):
+    """A display that cannot be taken over as it stands; the message says why."""
+
+
+def shown_stage(x: Intersection, signals: Sequence[int]) -> tuple[str, frozenset[str]]:
+    """The stage a display shows *cleanly*, and its crossings that walk; else :class:`NotAdoptable`.
+
+    Clean means a state the engine itself holds in the green of that stage, with nothing in
+    transition: every vehicle group of the stage GREEN, each of its crossings GREEN (walking)
+    or RED, every other group RED — so no YELLOW, pedestrian clearance, red-amber, flash, dark
+    or unknown code anywhere, and at least one GREEN (all red is a start-up, not a stage).
+    When several stages fit (a crossing showing RED belongs to one of them and not the other),
+    the first in config order is taken; the engine's rules are per group, so any fit is the
+    same state.
+    """
+    if len(signals) != x.n:
+        raise NotAdoptable(f"signals: {len(signals)} codes for {x.n} groups")
+    codes: list[Signal] = []
+    for i, code in enumerate(signals):
+        try:
+            sig = Signal(int(code))
+        except ValueError:
+            raise NotAdoptable(f"signals[{x.groups[i].id}]: {code!r} is no signal code") from None
+        if sig not in (Signal.GREEN, Signal.RED):
+            raise NotAdoptable(
+                f"signals[{x.groups[i].id}]: {sig.name} is a transition or flash, not a stage"
+            )
+        codes.append(sig)
+    green = frozenset(i for i, c in enumerate(codes) if c is Signal.GREEN)
+    if not green:
+        raise NotAdoptable("signals: all red is a start-up, not a stage")
+    for sid, members in x.stages:
+        vehicles = {i for i in members if x.groups[i].kind is GroupKind.VEHICLE}
+        if green >= vehicles and green <= members:
+            return sid, frozenset(x.groups[i].id for i in green - vehicles)
+    shown = ", ".join(x.groups[i].id for i in sorted(green))
+    raise NotAdoptable(f"signals: the greens {shown} are no stage of {x.id}")
 
 
 @dataclass(frozen=True)
@@ -241,6 +298,48 @@ class PhaseEngine:
             self._finish_clearances(now)
         self._out = self._build(now)
         return self._out
+
+    def start_in(self, now: float, stage: str, walking: Collection[str] = ()) -> None:
+        """Start in ``stage``'s green, which the heads already show, instead of the all-red.
+
+        For a controller that takes over a cabinet still showing its predecessor's outputs
+        (see the module docstring, *Adoption*): the vehicle groups of ``stage`` and the crossings
+        named in ``walking`` are GREEN from ``now``, everything else RED. Only an engine still
+        in its start-up may do this (it has shown nothing but all red, so nothing it timed is
+        cut short). The unknown history is assumed at its worst: the greens' minimum, the walk
+        and the max green count from ``now``; every RED group ended its clearance at ``now``
+        (its green one clearance earlier), so the all-red and the intergreen to a conflicting
+        group run from there. The stage's other crossings count as served: none of them starts
+        a late walk before the stage's next turn (one may have just ended its clearance). Raises
+        ``ValueError`` naming the argument and why; nothing changes then.
+        """
+        if self._phase != "startup":
+            raise ValueError(f"start_in: the engine is in {self._phase}, not in its start-up")
+        if stage not in self._stage_groups:
+            raise ValueError(f"stage: unknown stage {stage!r}")
+        walk: set[int] = set()
+        for pid in walking:
+            i = self._ped_index.get(pid)
+            if i is None or i not in self._peds_of[stage]:
+                raise ValueError(f"walking: {pid!r} is no crossing of stage {stage!r}")
+            walk.add(i)
+        green = self._vehicles_of[stage] | walk
+        if not green:
+            raise ValueError(f"stage: {stage!r} with no walking crossing shows no green")
+        self._advance_clock(now)
+        x = self._x
+        self._signals = [Signal.GREEN if i in green else Signal.RED for i in range(self._n)]
+        self._green_since = [now if i in green else None for i in range(self._n)]
+        self._green_end = [
+            -math.inf if i in green else now - x.clearance[i] for i in range(self._n)
+        ]
+        self._red_since = [-math.inf if i in green else now for i in range(self._n)]
+        self._phase = "green"
+        self._stage = stage
+        self._stage_green_t = now
+        self._walk = frozenset(walk)
+        self._served = set(self._peds_of[stage])
+        self._out = self._build(now)
 
     def enter_flash(self, now: float, reason: str) -> None:
         """Vehicles FLASH_YELLOW, pedestrians DARK, at once, until :meth:`leave_flash`."""

@@ -26,6 +26,11 @@ every pedestrian group DARK or RED and nothing is open may follow anything. Leav
 the monitor's own start, when the history is unknown) must go through an all-RED output that
 lasts at least the largest all-red before anything opens.
 
+The one other way in is :meth:`SafetyMonitor.adopt`: heads that already show a steady state
+(every group GREEN or RED, no conflicting greens), taken over with the worst history the
+rules allow — the greens started then, the reds ended their clearance then — so that every
+later output is judged against minima that the real, longer history can only exceed.
+
 Times are the ``now`` of each check; a change is taken to happen at the first output that
 shows it.
 """
@@ -139,6 +144,48 @@ class SafetyMonitor:
         """When ``group`` last turned GREEN, started its clearance, turned RED."""
         i = self._x.index[group]
         return {"green": self._green_on[i], "clearance": self._clear_on[i], "red": self._red_on[i]}
+
+    def adopt(self, now: float, signals: Sequence[int]) -> None:
+        """Take over heads that show ``signals`` from ``now`` on, with an unknown history.
+
+        For a controller that takes over a cabinet still showing its predecessor's outputs.
+        Only a steady state can be taken over: every group GREEN or RED (nothing in a
+        clearance, whose start is unknown; nothing flashing or dark, which must leave through
+        the start-up all-red), and no two conflicting groups GREEN. The history is assumed at
+        its worst: every GREEN started at ``now``, so its minimum green counts from here; every
+        RED group ended its clearance at ``now`` (its green a clearance earlier), so the
+        all-red and the intergreen to a conflicting group count from here. The previous
+        history is forgotten, as after flash. Raises ``ValueError`` naming the group and why;
+        nothing changes then.
+        """
+        ids = self._ids
+        if not math.isfinite(now) or now < self._last_t:
+            raise ValueError(f"now: {now!r} is not a time after the last output {self._last_t:g}")
+        if len(signals) != self._n:
+            raise ValueError(f"signals: {len(signals)} codes for {self._n} groups")
+        cur: list[Signal] = []
+        for k, code in enumerate(signals):
+            try:
+                sig = Signal(int(code))
+            except ValueError:
+                raise ValueError(f"signals[{ids[k]}]: {code!r} is no signal code") from None
+            if sig not in (Signal.GREEN, Signal.RED):
+                raise ValueError(f"signals[{ids[k]}]: {sig.name} is no steady state to take over")
+            cur.append(sig)
+        for i, j in self._pairs:
+            if cur[i] is Signal.GREEN and cur[j] is Signal.GREEN:
+                raise ValueError(f"signals: {ids[i]} and {ids[j]} conflict and are both GREEN")
+        self._enter_recovery(list(cur))
+        self._recovering = False
+        for i, sig in enumerate(cur):
+            if sig is Signal.GREEN:
+                self._green_on[i] = now
+            else:
+                self._red_on[i] = now
+                self._clear_end[i] = now
+                self._green_end[i] = now - self._clearance[i]
+        self._last_t = now
+        self.checks += 1
 
     def check(self, now: float, signals: Sequence[int]) -> list[Violation]:
         """Check one output shown from ``now`` on; returns what it breaks (and counts it)."""

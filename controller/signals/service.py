@@ -5,15 +5,30 @@ detectors), steps its pure :class:`~controller.signals.control.IntersectionContr
 asks, engine decides, safety monitor checks) and writes the outputs with the next heartbeat.
 
 **Who drives the heads.** A runner is *in control* only while the cabinet follows the outputs
-it wrote. Everything else is a hand-over through all red, the way the cabinet's own rules
-(``docs/protocol.md`` §2) want it:
+it wrote. Its first good read may *adopt* what the cabinet shows; everything else is a
+hand-over through all red, the way the cabinet's own rules (``docs/protocol.md`` §2) want it:
 
+* **adoption** — the controller restarted within the heartbeat timeout, so the cabinet still
+  follows the old process's outputs, and they are a clean state of the model: one stage's
+  greens, everything else red, nothing in transition
+  (:func:`~controller.signals.engine.shown_stage`). The runner takes them over at once: the
+  engine starts in that stage (:meth:`~controller.signals.control.IntersectionControl.adopt`:
+  minimum and max green count from now, every red as just cleared, the monitor takes the
+  same state over) and the runner writes the very same outputs with its own heartbeat,
+  continuing the old heartbeat's count, so nothing changes on the heads. Only when the
+  status is believable: *follow*, no fault, and the holding registers read back (the
+  commanded outputs, the command, heartbeat and commit) agree with what the status says is
+  displayed and was last applied. Anything else — a clearance or a pedestrian clearance in
+  progress, an unknown combination, a mismatch, a failed read-back — goes the local-plan way
+  below. (All red needs no adoption: the hand-over below takes it within a step.)
 * the cabinet is in start-up, in its local plan (it lost our heartbeat) or back from a
   heartbeat-loss flash: the runner writes all red with *follow*; the cabinet winds its plan down
   to all red and hands over; then the engine starts from its own all-red start-up;
-* the cabinet follows somebody else's outputs (the controller restarted within the heartbeat
-  timeout, so it still shows the old ones): the runner first asks for the *local plan*, so the
-  cabinet ends those greens properly, and then hands over as above;
+* the cabinet follows somebody else's outputs that cannot be adopted: the runner first asks
+  for the *local plan*, so the cabinet ends those greens properly, and then hands over as
+  above. It does the same whenever
+  its own last write still had greens, whatever the status says: a status register can lie,
+  and all red sent to a cabinet that still follows would end the greens with no clearance;
 * a write failed, or a read did: the engine is frozen (it never runs ahead of what the cabinet
   shows) and, once the link is back, the runner continues only if the cabinet still follows
   exactly what was last written; otherwise it hands over as above;
@@ -35,13 +50,14 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.aio import cancel_and_wait
 from controller.diagnostics import DropCounter
 from controller.signals.control import IntersectionControl, LocalTime
+from controller.signals.engine import NotAdoptable
 from controller.signals.model import DetectorKind, Intersection, Signal, SignalsSettings
 from controller.signals.strategies import AdaptiveConfig
 from controller.signals.telemetry import IntersectionTelemetry
@@ -74,6 +90,8 @@ class RunnerStats:
     read_failures: int = 0
     register_errors: int = 0
     handovers: int = 0
+    adoptions: int = 0
+    adoptions_refused: int = 0
     resyncs: int = 0
     lost_control: int = 0
     cabinet_down_events: int = 0
@@ -146,6 +164,8 @@ class IntersectionRunner:
         self.alarms: dict[str, str] = {}
         self._written: tuple[int, ...] | None = None
         self._reset_pending = False
+        #: Until the first good read: what the cabinet shows then may be adopted.
+        self._adopt_pending = True
         self._camera_dets = [
             d for d in x.config.detectors if d.kind is DetectorKind.CAMERA and d.camera
         ]
@@ -179,12 +199,17 @@ class IntersectionRunner:
         if tel is not None:
             tel.read(status, now)
         if status is None:
-            if not self.link.up and self.sync != "down":
+            if not self.link.up:
                 if self.sync == "control":
                     self.stats.lost_control += 1
                 self._set_sync("down")
-                self.stats.cabinet_down_events += 1
-                self._alarm("cabinet_down", "no answer from the cabinet; it runs its local plan")
+                # Also when a failed write already set "down" (a cut cable usually shows there
+                # first): the alarm belongs to the link being down, once per outage.
+                if "cabinet_down" not in self.alarms:
+                    self.stats.cabinet_down_events += 1
+                    self._alarm(
+                        "cabinet_down", "no answer from the cabinet; it runs its local plan"
+                    )
             if self.sync == "control" and self.cabinet is not None:
                 # A value we cannot trust: write on (the heartbeat must not stop), decide on
                 # the detectors we have.
@@ -193,6 +218,8 @@ class IntersectionRunner:
                 tel.after_step(self, now)
             return
         self._clear("cabinet_down")
+        if self._adopt_pending:
+            await self._try_adopt(status, now)
         self._judge(status, now)
         if self.sync == "control":
             await self._control_step(now)
@@ -241,13 +268,76 @@ class IntersectionRunner:
             self._reset_pending = False
             await self._write(all_red, Command.RESET_FAULT)
             return
-        if status.mode is CabinetMode.FOLLOWING and not status.all_red:
+        ours_open = self._written is not None and any(s != _ALL_RED for s in self._written)
+        if (status.mode is CabinetMode.FOLLOWING and not status.all_red) or ours_open:
             # Following outputs that are not ours (or no longer): the cabinet's local plan
             # ends those greens through their clearances first. (All red to all red is a
-            # hand-over already: the cabinet's monitor keeps its all-red timers.)
+            # hand-over already: the cabinet's monitor keeps its all-red timers.) Also when
+            # our last write was not all red, whatever the status says: a status can be
+            # wrong (a garbled but in-range register), and all red written to a cabinet that
+            # still follows us would end our greens with no clearance.
             await self._write(all_red, Command.LOCAL_PLAN)
             return
         await self._write(all_red, Command.FOLLOW)
+
+    async def _try_adopt(self, status: CabinetStatus, now: float) -> None:
+        """At the first good read: take over what the cabinet shows, if it is safe to.
+
+        See the module docstring (*adoption*). On success the runner is in control and the
+        step writes the same outputs; otherwise nothing changes and the hand-over follows.
+        """
+        self._adopt_pending = False
+        if status.mode is not CabinetMode.FOLLOWING or status.all_red:
+            return  # start-up, local plan, flash, all red: the ordinary hand-over serves
+        shown = tuple(int(c) for c in status.displayed)
+        why = ""
+        if status.fault is not FaultCode.NONE or status.fault_groups:
+            why = f"the status says following with fault {status.fault.name}"
+        else:
+            try:
+                frame = await self.link.read_outputs()
+            except (CabinetError, RegisterError) as exc:
+                why = f"the commanded outputs could not be read back ({exc})"
+            else:
+                # The status must agree with the holding registers: a display that differs
+                # from what was commanded, or a commit the status does not report as applied,
+                # is a register (or a writer) not to be trusted with the heads.
+                if frame.command != int(Command.FOLLOW) or not frame.committed:
+                    why = f"the last command is {frame.command} (commit {frame.commit})"
+                elif frame.outputs != shown:
+                    why = f"displayed {list(shown)} but commanded {list(frame.outputs)}"
+                elif (frame.heartbeat, frame.commit) != (
+                    status.last_heartbeat,
+                    status.last_commit,
+                ):
+                    why = (
+                        f"heartbeat/commit {frame.heartbeat}/{frame.commit} written, "
+                        f"{status.last_heartbeat}/{status.last_commit} reported"
+                    )
+                else:
+                    try:
+                        stage = self.control.adopt(now, shown)
+                    except NotAdoptable as exc:
+                        why = str(exc)
+                    else:
+                        # Our first heartbeat follows the old count: a change the watchdog sees.
+                        self.heartbeat = frame.heartbeat
+                        self.stats.adoptions += 1
+                        self._set_sync("control")
+                        log.info(
+                            "%s: cabinet still follows the previous controller's outputs, "
+                            "stage %s: adopted as shown",
+                            self.x.id,
+                            stage,
+                        )
+                        return
+        self.stats.adoptions_refused += 1
+        log.info(
+            "%s: cabinet follows outputs that are not ours; not adopted (%s): "
+            "handing over through its local plan",
+            self.x.id,
+            why,
+        )
 
     def _judge(self, status: CabinetStatus, now: float) -> None:
         """Decide from the cabinet's status whether we (still) drive the heads."""
@@ -427,7 +517,9 @@ class SignalsService:
     """All intersections of the controller: runners, the step loop, camera feeds, status.
 
     ``monotonic`` must be real time (cabinets keep real-time heartbeat watchdogs);
-    ``local_time`` gives the local time of day for the strategy schedules.
+    ``local_time`` gives the local time of day for the strategy schedules. ``foreign`` are
+    the intersections other instances of a district-sharded city run (``docs/scaling.md``):
+    their camera messages are counted in :attr:`foreign` and otherwise ignored.
     """
 
     def __init__(
@@ -444,9 +536,13 @@ class SignalsService:
         summary_s: float = 60.0,
         telemetry: Recorder | None = None,
         detector_interval_s: float = 60.0,
+        foreign: Collection[str] = frozenset(),
     ) -> None:
         self.settings = settings
         self.summary_s = summary_s
+        self.foreign_intersections = frozenset(foreign)
+        #: Camera messages for other districts' intersections, ignored (not bad input).
+        self.foreign = 0
         self.monotonic = monotonic
         self.mqtt = mqtt
         self.topics = topics
@@ -484,10 +580,15 @@ class SignalsService:
 
     def _on_camera(self, topic: str, payload: bytes, retained: bool) -> None:
         ids = camera_from_topic(self.topics, topic)
-        if ids is None or not payload or retained:
+        if not payload or retained:
             return  # a retained count is an old interval: counting it again would double it
+        if ids is None:  # an empty intersection or camera id: the subscription's + matches it
+            self.drops.drop(topic, "topic outside the protocol")
+            return
         runner = self.runners.get(ids[0])
         if runner is None:
+            if ids[0] in self.foreign_intersections:
+                self.foreign += 1
             return  # another controller's intersection
         try:
             msg = decode(CameraCounts, payload)

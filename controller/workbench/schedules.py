@@ -642,6 +642,59 @@ class ScheduleStore:
                 )
             return Accepted(current, False, kept.config, kept.warnings)
 
+    def reload(
+        self,
+        cfg: CityConfig,
+        source: str = "config.yaml",
+        *,
+        checked: Mapping[str, Validated] | None = None,
+    ) -> Accepted:
+        """The config file was read again while running: :meth:`bootstrap`'s rules, applied live.
+
+        If the file's schedule differs from the one last imported from it, it becomes a new
+        version by ``source``; otherwise the current version (say, an API edit) stays. Either
+        way ``on_apply`` gets the config to run, inside the transaction, and only when it
+        returns does ``cfg`` become the config later documents are validated against: on any
+        error (:class:`ConfigError`, or whatever ``on_apply`` raises) nothing changes.
+        ``checked`` holds documents validated ahead against ``cfg`` (by digest), so a caller
+        can do that slow part off the event loop; others are validated here.
+        """
+        ready = dict(checked or {})
+
+        def validated(doc: ScheduleDocument) -> Validated:
+            found = ready.get(doc.digest)
+            return found if found is not None else validate_document(cfg, doc)
+
+        from_file = validated(document_of(cfg))
+        with self._lock, self._transaction():
+            cur = self._current_row()
+            last = self._db.execute(
+                f"{_SELECT} WHERE source = ? ORDER BY version DESC LIMIT 1", (SOURCE_CONFIG,)
+            ).fetchone()
+            if cur is None or last is None or _version(last).hash != from_file.document.digest:
+                accepted = self._insert(
+                    from_file, source, SOURCE_CONFIG, f"{source} reloaded: its schedule imported"
+                )
+            else:
+                current = _version(cur)
+                try:
+                    kept = validated(current.document)
+                except ConfigError as exc:
+                    why = "; ".join(str(i) for i in exc.issues[:3])
+                    accepted = self._insert(
+                        from_file,
+                        source,
+                        SOURCE_CONFIG,
+                        f"version {current.version} does not fit the reloaded {source} ({why}):"
+                        " file imported",
+                    )
+                else:
+                    if self.on_apply is not None:
+                        self.on_apply(kept.config)
+                    accepted = Accepted(current, False, kept.config, kept.warnings)
+            self._base = cfg
+        return accepted
+
     # -- writes -------------------------------------------------------------------------------
     def propose(
         self,

@@ -19,7 +19,14 @@ Username conventions (the broker identifies clients by these; see docs/operation
   (``cam-lct-n``);
 * a traffic counter's username is ``counter-`` + its segment id (``counter-ql1a-centre``);
 * the controller's username is ``--controller-user`` (default ``cityctl-controller``); it
-  may read and write everything under the prefix.
+  may read and write everything under the prefix;
+* when the config declares ``districts`` (``docs/scaling.md``) there is no such all-powerful
+  user: each district's instance is ``--controller-user`` + ``-`` + district
+  (``cityctl-controller-north``, what ``mqtt.username`` becomes in that instance). It reads
+  every node's state, ack and availability and every count (its subscriptions are wildcards),
+  but writes only its own groups' commands, its own nodes' commands and alarms, its own
+  intersections' status and its own controller topics, so the broker itself keeps each group
+  to one commanding instance.
 
 Anything not granted here is denied: Mosquitto 2 drops an unauthorised publish silently and
 does not deliver messages a client may not read. The topics come from
@@ -44,7 +51,14 @@ from controller.config import CityConfig, ConfigError, load_config  # noqa: E402
 from devices.cameras import camera_topic  # noqa: E402
 from devices.lights import Topics  # noqa: E402
 
-__all__ = ["COUNTER_PREFIX", "DEFAULT_CONTROLLER_USER", "build_acl", "main", "usernames"]
+__all__ = [
+    "COUNTER_PREFIX",
+    "DEFAULT_CONTROLLER_USER",
+    "build_acl",
+    "district_user",
+    "main",
+    "usernames",
+]
 
 DEFAULT_CONTROLLER_USER = "cityctl-controller"
 COUNTER_PREFIX = "counter-"
@@ -73,9 +87,17 @@ def _segments(cfg: CityConfig) -> list[str]:
     return out
 
 
+def district_user(controller_user: str, district: str) -> str:
+    """The broker username of the instance that runs ``district``."""
+    return f"{controller_user}-{district}"
+
+
 def usernames(cfg: CityConfig, controller_user: str = DEFAULT_CONTROLLER_USER) -> list[str]:
     """Every username the ACL grants something to (what the password file must hold)."""
-    users = [controller_user]
+    if cfg.districts:
+        users = [district_user(controller_user, d) for d in cfg.districts]
+    else:
+        users = [controller_user]
     users += [node for _, node, _, _ in cfg.nodes()]
     users += sorted({cam for _, cam in _cameras(cfg)})
     users += [COUNTER_PREFIX + seg for seg in _segments(cfg)]
@@ -98,11 +120,18 @@ def build_acl(cfg: CityConfig, controller_user: str = DEFAULT_CONTROLLER_USER) -
         f"# prefix: {t.root}   controller user: {controller_user}",
         "# Anything not granted below is denied (no `pattern` lines, no anonymous access).",
         "",
-        "# The controller publishes commands, fallback programs, alarms and status, and reads",
-        "# every node state, ack, availability and count.",
-        f"user {controller_user}",
-        f"topic readwrite {t.root}/#",
-        "",
+    ]
+    if cfg.districts:
+        lines += _district_blocks(cfg, t, controller_user)
+    else:
+        lines += [
+            "# The controller publishes commands, fallback programs, alarms and status, and reads",
+            "# every node state, ack, availability and count.",
+            f"user {controller_user}",
+            f"topic readwrite {t.root}/#",
+            "",
+        ]
+    lines += [
         "# Light nodes: username = node id. Each writes its own state, ack and availability",
         "# (its last will) and reads its own command topic and its group's command and",
         "# fallback program. Alarms are written by the controller, not the node.",
@@ -135,6 +164,37 @@ def build_acl(cfg: CityConfig, controller_user: str = DEFAULT_CONTROLLER_USER) -
         for seg in segments:
             lines += [f"user {COUNTER_PREFIX}{seg}", f"topic write {t.traffic_count(seg)}", ""]
     return "\n".join(lines)
+
+
+def _district_blocks(cfg: CityConfig, t: Topics, controller_user: str) -> list[str]:
+    """One user per district instance: reads everything it subscribes to, writes only its own."""
+    lines = [
+        "# One controller instance per district (docs/scaling.md). Each reads every node's",
+        "# state, ack and availability and every count (wildcard subscriptions; other districts'",
+        "# messages are counted as foreign), and writes only its own groups, nodes,",
+        "# intersections and controller topics: a group has exactly one commanding instance.",
+    ]
+    for d in cfg.districts:
+        own = cfg.for_district(d)
+        lines += [
+            f"user {district_user(controller_user, d)}",
+            f"topic read {t.node_state('+')}",
+            f"topic read {t.node_ack('+')}",
+            f"topic read {t.node_availability('+')}",
+            f"topic read {t.traffic_count('+')}",
+            f"topic read {camera_topic(t, '+', '+')}",
+            f"topic write {t.controller_availability(own.controller.id)}",
+            f"topic write {t.controller_lighting(own.controller.id)}",
+            f"topic write {t.controller_telemetry(own.controller.id)}",
+        ]
+        for g in own.lighting.groups:
+            lines += [f"topic write {t.group_set(g.id)}", f"topic write {t.group_fallback(g.id)}"]
+        for _, node, _, _ in own.nodes():
+            lines += [f"topic write {t.node_set(node)}", f"topic write {t.node_alarms(node)}"]
+        for x in own.signals.intersections:
+            lines.append(f"topic write {t.root}/signals/{x.id}/status")
+        lines.append("")
+    return lines
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -32,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from controller.config import MqttConfig, TlsConfig, load_config
 from devices.lights import Topics
 from devices.mqtt import MqttLink, TlsSettings
+from tests.faults import report
 from tests.helpers import Mosquitto, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,13 +211,21 @@ def session(broker: Mosquitto, ca: Path, user: str) -> Iterator[Client]:
         c.close()
 
 
+@pytest.mark.faults
 def test_anonymous_client_is_refused(broker: Mosquitto, pki: Pki) -> None:
     c = connect(broker, pki.certs, None)
     c.close()
     assert c.connack is not None and c.connack.is_failure
-    print(f"anonymous client refused: CONNACK {c.connack}")
+    report(
+        "MQTT anonymous client",
+        recovery_s=None,
+        lost=None,
+        detail=f"anonymous client refused: CONNACK {c.connack!s}"
+        f" ({c.connack.value:#x} in paho's MQTT 5 reason codes)",
+    )
 
 
+@pytest.mark.faults
 def test_wrong_password_is_refused(broker: Mosquitto, pki: Pki) -> None:
     bad = connect(broker, pki.certs, "LCT-001", "not-the-password")
     bad.close()
@@ -224,9 +233,16 @@ def test_wrong_password_is_refused(broker: Mosquitto, pki: Pki) -> None:
     unknown.close()
     assert bad.connack is not None and bad.connack.is_failure
     assert unknown.connack is not None and unknown.connack.is_failure
-    print(f"wrong password refused: CONNACK {bad.connack}; unknown user: {unknown.connack}")
+    report(
+        "MQTT wrong password",
+        recovery_s=None,
+        lost=None,
+        detail=f"wrong password refused: CONNACK {bad.connack!s} ({bad.connack.value:#x});"
+        f" unknown user: CONNACK {unknown.connack!s} ({unknown.connack.value:#x})",
+    )
 
 
+@pytest.mark.faults
 def test_node_cannot_command_another_node(broker: Mosquitto, pki: Pki) -> None:
     with (
         session(broker, pki.certs, CONTROLLER) as ctl,
@@ -247,12 +263,17 @@ def test_node_cannot_command_another_node(broker: Mosquitto, pki: Pki) -> None:
         ctl.publish(T.node_set("LCT-002"), b"real")
         b.wait(T.node_set("LCT-002"), b"real")
         assert [m for m in b.seen if m[1] == forged] == []
-    print(
-        f"node LCT-001 -> LCT-002 set/group set/state: 3 forged publishes dropped; "
-        f"controller saw {len(seen)} message(s), none forged"
+    report(
+        "node commands another node",
+        recovery_s=None,
+        lost=None,
+        detail=f"node LCT-001 -> LCT-002 set/group set/state: 3 forged publishes dropped by the"
+        f" ACL; controller saw {len(seen)} message(s), none forged; LCT-002 got only the"
+        " controller's command",
     )
 
 
+@pytest.mark.faults
 def test_node_cannot_read_another_nodes_commands(broker: Mosquitto, pki: Pki) -> None:
     with session(broker, pki.certs, CONTROLLER) as ctl, session(broker, pki.certs, "LCT-001") as a:
         granted_b = a.subscribe(T.node_set("LCT-002"))
@@ -265,9 +286,12 @@ def test_node_cannot_read_another_nodes_commands(broker: Mosquitto, pki: Pki) ->
         ctl.publish(T.node_set("LCT-001"), b"for-a")
         seen = a.wait(T.node_set("LCT-001"), b"for-a")
         assert seen == [(T.node_set("LCT-001"), b"for-a")]
-    print(
-        f"node LCT-001 reads only its own: SUBACK for LCT-002 set {granted_b:#x}, ql1a group"
-        f" {granted_other_group:#x}, '#' {granted_all:#x}; received {len(seen)} (its own)"
+    report(
+        "node reads another node's commands",
+        recovery_s=None,
+        lost=None,
+        detail=f"node LCT-001 reads only its own: SUBACK for LCT-002 set {granted_b:#x}, ql1a"
+        f" group {granted_other_group:#x}, '#' {granted_all:#x}; received {len(seen)} (its own)",
     )
 
 
@@ -325,10 +349,16 @@ async def test_controller_commands_groups_and_reads_states(broker: Mosquitto, pk
     print("controller (MqttLink over TLS) commanded 2 groups and read 2 node states")
 
 
+@pytest.mark.faults
 def test_wrong_ca_fails_the_tls_handshake(broker: Mosquitto, pki: Pki) -> None:
     with pytest.raises(ssl.SSLCertVerificationError) as exc:
         connect(broker, pki.rogue, "LCT-001", PASSWORDS["LCT-001"])
-    print(f"wrong CA: TLS handshake failed ({exc.value.verify_message})")
+    report(
+        "MQTT broker with a certificate of another CA",
+        recovery_s=None,
+        lost=None,
+        detail=f"TLS handshake failed before any password was sent ({exc.value.verify_message})",
+    )
 
 
 def test_generated_acl_covers_every_client_of_the_config() -> None:

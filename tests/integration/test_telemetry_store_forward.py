@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from controller.bench.telemetry import make_points
@@ -30,6 +31,7 @@ from devices.influx import InfluxSettings, InfluxWriter
 from devices.lights import Topics
 from devices.mqtt import MqttLink, MqttSettings
 from simulator.lights import LightSimulator, NodeSpec
+from tests.faults import report
 from tests.helpers import Mosquitto, compare_outbox_with_db, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +95,7 @@ def sent(path: Path) -> int:
     return _count(path, 1)
 
 
+@pytest.mark.faults
 async def test_database_outage_loses_nothing_and_duplicates_nothing(
     mosquitto: Mosquitto, victoria: VictoriaMetrics, mqtt_prefix: str, _state_dir: Path
 ) -> None:
@@ -115,8 +118,10 @@ async def test_database_outage_loses_nothing_and_duplicates_nothing(
         backlog = tel.outbox.pending_count
         recorded_during = tel.recorder.stats.recorded - recorded_before
         victoria.start()
-        outage = time.monotonic() - down_at
+        back_at = time.monotonic()
+        outage = back_at - down_at
         await wait_for(lambda: tel.outbox.pending_count < 500, 30, what="the backlog drained")
+        drained_s = time.monotonic() - back_at
         assert tel.sender.stats.db_up is True
     finally:
         await ctl.stop()
@@ -127,11 +132,20 @@ async def test_database_outage_loses_nothing_and_duplicates_nothing(
         f"\nDB outage {outage:.1f} s: {recorded_during} points recorded meanwhile, backlog"
         f" {backlog}, {tel.sender.stats.failures} failed requests; {r.summary()}"
     )
+    report(
+        "time-series DB down",
+        # From the database back to the backlog sent (below one batch: points keep coming).
+        recovery_s=drained_s,
+        lost=len(r.missing),
+        detail=f"outage {outage:.1f} s, backlog {backlog} points, drained in {drained_s:.2f} s;"
+        f" {r.summary()}",
+    )
     assert recorded_during > 500 and backlog > 500
     assert r.exact, r
     assert r.points > 1000
 
 
+@pytest.mark.faults
 async def test_sigkill_in_the_middle_of_sending_then_restart(
     mosquitto: Mosquitto,
     victoria: VictoriaMetrics,
@@ -177,8 +191,10 @@ async def test_sigkill_in_the_middle_of_sending_then_restart(
         sent_at_kill = sent(outbox)
         left_at_kill = pending(outbox)
         assert left_at_kill > 0, "the whole backlog went out before the kill; nothing tested"
+        restart_at = time.monotonic()
         proc = await start()
         await wait_for(lambda: pending(outbox) < 1000, 60, what="backlog sent after restart")
+        drained_s = time.monotonic() - restart_at
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     except BaseException:
@@ -195,6 +211,14 @@ async def test_sigkill_in_the_middle_of_sending_then_restart(
     print(
         f"\nSIGKILL while sending: {sent_at_kill} points acknowledged at the kill,"
         f" {left_at_kill} still pending; after restart: {r.summary()}"
+    )
+    report(
+        "controller SIGKILL while sending telemetry",
+        # From the restart to the backlog sent (below one batch: points keep coming).
+        recovery_s=drained_s,
+        lost=len(r.missing),
+        detail=f"{sent_at_kill} points acknowledged at the kill, {left_at_kill} pending, sent"
+        f" {drained_s:.2f} s after the restart; {r.summary()}",
     )
     assert r.exact, r
     assert r.points > 100_000

@@ -44,7 +44,29 @@ def test_round_trip() -> None:
         (
             b'{"cmd_id": "x", "level": "high", "issued": "2026-11-25T18:00:00+07:00"}',
             "level",
-            "valid number",
+            "expected a number, got 'high' (a string)",
+        ),
+        # No lax coercions off the wire: a number as text, a boolean, a Unix time, v = true.
+        (
+            b'{"cmd_id": "x", "level": "50", "issued": "2026-11-25T18:00:00+07:00"}',
+            "level",
+            "expected a number",
+        ),
+        (
+            b'{"cmd_id": "x", "level": true, "issued": "2026-11-25T18:00:00+07:00"}',
+            "level",
+            "got true (a boolean)",
+        ),
+        (b'{"cmd_id": "x", "level": 5, "issued": 1764068400}', "issued", "expected a string"),
+        (
+            b'{"v": true, "cmd_id": "x", "level": 5, "issued": "2026-11-25T18:00:00Z"}',
+            "v",
+            "must be the integer 1",
+        ),
+        (
+            b'{"cmd_id": "x", "level": 5, "ramp_s": Infinity, "issued": "2026-11-25T18:00:00Z"}',
+            "ramp_s",
+            "finite number",
         ),
         (b'{"cmd_id": "x", "level": 10, "issued": "2026-11-25T18:00:00"}', "issued", "UTC offset"),
         (b'{"cmd_id": "x", "level": 10}', "issued", "Field required"),
@@ -68,6 +90,28 @@ def test_decode_never_raises_anything_but_payload_error(data: bytes) -> None:
     for model in (LightCommand, NodeState, TrafficCount, FallbackProgram):
         with contextlib.suppress(PayloadError):
             decode(model, data)
+
+
+def test_node_state_bounds_what_a_node_can_make_the_controller_keep() -> None:
+    ok = NodeState(
+        node="N-1", group="g", ts=NOW, level=50, target=50, power_w=60, energy_wh=1e6,
+        burn_h=1e3, switches=5, cmd_id="c" * 64,
+    )  # fmt: skip
+    assert decode(NodeState, encode(ok)) == ok
+    for key, value, words in [
+        ("energy_wh", "Infinity", "finite number"),
+        ("burn_h", "NaN", "finite number"),
+        ("switches", str(2**64), "less than or equal to"),
+        ("switches", "3.5", "fractional part"),
+        ("cmd_id", '"' + "c" * 65 + '"', "at most 64 characters"),
+        ("group", '"' + "g" * 5000 + '"', "should match pattern"),
+        ("faults", '["driver_failure", "supply_lost", "driver_failure"]', "at most 2 items"),
+    ]:
+        text = encode(ok).decode()[:-1] + f', "{key}": {value}}}'
+        with pytest.raises(PayloadError) as exc:
+            decode(NodeState, text)
+        assert exc.value.field == key and words in exc.value.reason, exc.value
+        assert len(str(exc.value)) < 200  # the value is quoted short, whatever its size
 
 
 def test_topics_parse_only_their_own_tree() -> None:

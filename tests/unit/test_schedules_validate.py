@@ -178,3 +178,29 @@ def test_step_time_text_round_trips() -> None:
         StepTime(anchor=Anchor.TIME, time=dt.time(23), offset=dt.timedelta(minutes=5))
     with pytest.raises(ValueError, match="local wall time"):
         StepTime(anchor=Anchor.TIME, time=dt.time(23, tzinfo=dt.UTC))
+
+
+def test_repeated_checks_give_the_same_findings_and_their_own_lists() -> None:
+    # Findings are remembered by the inputs (a config is checked at load and again at the
+    # schedule store's bootstrap): a repeat must equal a fresh check, a changed input must
+    # be checked anew, and a caller changing its list must not change the next answer.
+    bad = prog("bad", ("sunset", 100), ("12:30", 60))
+    first = check_program(bad, PHU_LY, 2026)
+    assert first and first == check_program(bad, PHU_LY, 2026)
+    first.clear()
+    assert check_program(bad, PHU_LY, 2026)
+    assert check_program(bad, TROMSO, 2026) != check_program(bad, PHU_LY, 2026)
+    fixed = prog("bad", ("sunset", 100), ("sunrise", 0))
+    assert check_program(fixed, PHU_LY, 2026) == []
+    c = cal("arterial", {"program": "festival", "yearless": ["02-29"]})
+    assert check_calendar(c, ["arterial", "festival"]) == []
+    assert [p.path for p in check_calendar(c, ["arterial"])] == ["rules[0].program"]
+
+
+def test_yearless_rules_match_their_month_and_day_every_year() -> None:
+    c = cal("arterial", {"program": "festival", "yearless": ["02-29", "09-02", "12-31"]})
+    rule = c.rules[0]
+    day = dt.date(2027, 1, 1)
+    while day.year < 2029:
+        assert rule.matches(day) == (day.strftime("%m-%d") in ("02-29", "09-02", "12-31")), day
+        day += dt.timedelta(days=1)
