@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["cancel_and_wait", "run_on_loop"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("cityctl")
 
@@ -42,3 +45,35 @@ async def cancel_and_wait(
     for t in pending:
         log.error("task %s did not stop within %.0f s", t.get_name(), limit_s)
     return list(pending)
+
+
+def run_on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[[], T]) -> T:
+    """Call ``fn`` on ``loop``'s thread and return its result (or raise its exception).
+
+    The controller's state (the lighting core, its wake-up event) belongs to its event loop;
+    the HTTP API's plain handlers run in worker threads. A change they make goes through here
+    so that it happens between two steps of the loop, never in the middle of one. Called on
+    the loop itself, or when the loop is not running (tests, a stopped controller), ``fn`` is
+    simply called. The caller must not hold anything the loop may wait for.
+    """
+    if loop is None or not loop.is_running() or _running_loop() is loop:
+        return fn()
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def call() -> None:
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # handed to the waiting thread, which re-raises it
+            done.set_exception(exc)
+
+    loop.call_soon_threadsafe(call)
+    return done.result()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -171,6 +171,14 @@ class MqttConfig(_Strict):
     )
     tls: TlsConfig | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_max_s: float = Field(
+        default=2.0,
+        ge=0.2,
+        le=300,
+        description="Longest wait between reconnect attempts after the broker is lost (the "
+        "wait starts at 0.2 s, doubles, and is jittered). The controller is one client of a "
+        "broker usually on its own network: a short cap brings it back soon after the broker.",
+    )
 
     @field_validator("url")
     @classmethod
@@ -230,6 +238,7 @@ class MqttConfig(_Strict):
             "username": self.username,
             "password": self.password(),
             "keepalive_s": self.keepalive_s,
+            "reconnect_max_s": self.reconnect_max_s,
             "will": will,
         }
         if tls is not None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from controller.aio import cancel_and_wait
+from controller.aio import cancel_and_wait, run_on_loop
 from controller.api.app import ApiContext, create_app
 from controller.api.audit import AuditLog
 from controller.api.auth import Role, TokenBook
@@ -144,6 +144,8 @@ class Controller:
                 foreign=foreign_xs,
             )
         self._tasks: list[asyncio.Task[None]] = []
+        # The loop that owns the lighting core once started (see _apply_schedule).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_steps: dict[str, int] = {}
         # Config reloads (SIGHUP): the file that runs now, to tell what a new one changes.
         self._city = city
@@ -198,15 +200,27 @@ class Controller:
 
     def _apply_schedule(self, cfg: CityConfig) -> None:
         """A new schedule version runs now (called inside its store transaction: raising
-        keeps the version out of the store and the old schedule running)."""
-        self.lighting.apply_config(cfg)
-        self.cfg = cfg
+        keeps the version out of the store and the old schedule running).
+
+        The store is written from the API's worker threads and from a reload's; the lighting
+        core belongs to the event loop, so the change itself is made there, between steps.
+        """
+
+        def apply() -> None:
+            self.lighting.apply_config(cfg)
+            self.cfg = cfg
+
+        run_on_loop(self._loop, apply)
         log.info("a new schedule version runs now")
 
     def apply_overrides(self) -> None:
-        """The config's overrides and the stored ones (API), applied now."""
+        """The config's overrides and the stored ones (API), applied now (on the loop)."""
         stored = [r.override for r in self.overrides.active()]
-        self.lighting.set_overrides([*self.cfg.lighting.overrides, *stored])
+
+        def apply() -> None:
+            self.lighting.set_overrides([*self.cfg.lighting.overrides, *stored])
+
+        run_on_loop(self._loop, apply)
 
     # -- config reload (SIGHUP) -------------------------------------------------------------
     def reload(self, config: Path | str) -> ReloadResult:
@@ -232,7 +246,9 @@ class Controller:
                 plan = await asyncio.to_thread(self._plan_reload, config)
             except ConfigError as exc:
                 return self._reload_refused(_named(config), exc.issues)
-            return self._apply_reload(plan)
+            # In a thread too: the schedule store is shared with the API's worker threads,
+            # and one of them may hold it while it waits for the loop to apply its change.
+            return await asyncio.to_thread(self._apply_reload, plan)
 
     def reload_status(self) -> dict[str, object]:
         """Reloads applied and refused so far, and the last one (for the health answer)."""
@@ -312,6 +328,7 @@ class Controller:
 
     async def start(self) -> None:
         """Start the link and the loops; returns at once."""
+        self._loop = asyncio.get_running_loop()
         s = self.link.settings
         log.info(
             "controller %s starting%s: %d groups, %d nodes, %d intersections, broker %s:%d",

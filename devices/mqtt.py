@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -276,7 +277,9 @@ class MqttLink:
                 break
             if not self._online.is_set():
                 continue
-            await asyncio.sleep(delay)
+            # Jittered ("equal jitter": half fixed, half random) so that thousands of nodes
+            # that lost the same broker do not all knock at the same instant when it returns.
+            await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))
             delay = min(delay * 2, s.reconnect_max_s)
 
     async def _announce(self) -> None:

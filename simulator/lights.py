@@ -94,6 +94,12 @@ _CACHE_MAX_PAYLOAD = 16 * 1024
 M = TypeVar("M", bound=BaseModel)
 
 
+#: A simulated node's longest wait between reconnect attempts (jittered, doubling from 0.2 s),
+#: unless the broker is given as full :class:`MqttSettings`: a node is back at most this long
+#: after its broker returns, like a street-light node firmware with a short retry cap.
+NODE_RECONNECT_MAX_S = 3.0
+
+
 class SimClock(Protocol):
     """Where the simulator gets its time: monotonic seconds and an aware wall clock."""
 
@@ -473,9 +479,9 @@ class LightSimulator:
         if isinstance(b, MqttSettings):
             base = b
         elif isinstance(b, str):
-            base = MqttSettings.from_url(b)
+            base = MqttSettings.from_url(b, reconnect_max_s=NODE_RECONNECT_MAX_S)
         elif isinstance(b, tuple):
-            base = MqttSettings(host=b[0], port=b[1])
+            base = MqttSettings(host=b[0], port=b[1], reconnect_max_s=NODE_RECONNECT_MAX_S)
         else:
             base = b(client_id)
         return dataclasses.replace(base, client_id=client_id, will=will)

@@ -63,6 +63,9 @@ TOKEN_ENV = "CITYCTL_FAULT_TEST_TOKEN"
 TOKEN = f"fault-test-{uuid.uuid4().hex}"  # an engineer's token (at least 16 characters)
 #: The override stream's groups (88 nodes); the other 112 follow program ``p``.
 STREAM_GROUPS = ("ql1a", "le-cong-thanh")
+#: How long the broker stays dead: beyond every client's reconnect cap, so the test sees the
+#: slowest return (the wait between attempts doubles up to the cap).
+OUTAGE_S = 8.0
 
 # -- the schedule ------------------------------------------------------------------------------
 
@@ -565,7 +568,9 @@ async def test_broker_sigkill_mid_stream_loses_no_command(
             final_level = 33.0
             assert await post_override(final_level) == 201
             accepted_down = [s for s in stream[stream_at_kill:] if s[2] == 201]
-            await asyncio.sleep(max(0.0, t_kill + 4.0 - time.monotonic()))
+            # Long enough for every client's reconnect backoff to reach its cap (the
+            # controller's mqtt.reconnect_max_s 2 s, the nodes' 3 s): the worst case.
+            await asyncio.sleep(max(0.0, t_kill + OUTAGE_S - time.monotonic()))
             assert dt.datetime.now(dt.UTC) > transition.at
             assert ctl.alive(), ctl.tail()
             mosquitto.restart()  # same port, empty: nothing retained survives
