@@ -57,6 +57,24 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("amqtt").setLevel(logging.ERROR)
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector's full passes short and rare in a long-running process.
+
+    Everything built so far (config, schedules, code, the API) lives as long as the process:
+    ``gc.freeze()`` takes it out of the collector's sight. And a full pass every 100th instead
+    of every 10th second-generation pass: with 10,000 node states being replaced all the time,
+    the default made a 100-180 ms full pass every ~3 s — a stall that every group command's
+    fan-out waiting then (``cityctl bench scale``). Memory is still freed by reference
+    counting at once; only cyclic garbage waits a little longer.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    t0, t1, _ = gc.get_threshold()
+    gc.set_threshold(t0, t1, 100)
+
+
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a coroutine; Ctrl-C and SIGTERM end it cleanly (exit code 0)."""
 
@@ -183,6 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         ctl = Controller(cfg, cabinets=cabinets, district=args.district)
+        tune_gc()
         _reload_on_sighup(ctl, Path(args.config), keep_log_level=args.log_level is not None)
         await ctl.run_forever()
         return 0

@@ -112,6 +112,9 @@ async def run_sim_lights(args: argparse.Namespace, cfg: CityConfig | None) -> in
             print(f"--fault: no node {node!r}", file=sys.stderr)
             return 2
     await sim.start()
+    from controller.cli import tune_gc
+
+    tune_gc()  # thousands of long-lived node models: see tune_gc
     log.info(
         "%d simulated nodes online (%.2f s) on %s, prefix %s, %d connections",
         sim.stats.online,

@@ -65,6 +65,7 @@ from controller.lighting.fanout import percentile
 
 __all__ = [
     "TARGETS",
+    "BrokerDropWatch",
     "ProcSample",
     "ScaleError",
     "ScaleOptions",
@@ -116,20 +117,21 @@ class ScaleOptions:
     keep: Path | None = None
 
     def check(self) -> None:
-        """Raise ValueError naming the option and the reason for anything out of range."""
+        """Raise ValueError naming the option (as ``cityctl bench scale`` spells it) and the
+        reason for anything out of range."""
         checks = [
             (self.lights >= 1, "lights", "must be at least 1"),
             (self.intersections >= 0, "intersections", "must be 0 or more"),
             (self.duration_s > 0, "duration", "must be positive"),
-            (self.group_size >= 1, "group_size", "must be at least 1"),
-            (self.gateway_size >= 1, "gateway_size", "must be at least 1"),
-            (self.sim_processes >= 1, "sim_processes", "must be at least 1"),
-            (self.sim_processes <= self.lights, "sim_processes", "more processes than lights"),
-            (self.changes_per_s > 0, "changes_per_s", "must be positive"),
-            (self.report_interval_s > 0, "report_interval", "must be positive"),
-            (self.node_tick_hz > 0, "node_tick_hz", "must be positive"),
+            (self.group_size >= 1, "group-size", "must be at least 1"),
+            (self.gateway_size >= 1, "gateway-size", "must be at least 1"),
+            (self.sim_processes >= 1, "sim-processes", "must be at least 1"),
+            (self.sim_processes <= self.lights, "sim-processes", "more processes than lights"),
+            (self.changes_per_s > 0, "changes-per-s", "must be positive"),
+            (self.report_interval_s > 0, "report-interval", "must be positive"),
+            (self.node_tick_hz > 0, "node-tick-hz", "must be positive"),
             (self.settle_s >= 0, "settle", "must be 0 or more"),
-            (self.reference_messages >= 0, "reference_messages", "must be 0 or more"),
+            (self.reference_messages >= 0, "reference-messages", "must be 0 or more"),
         ]
         for ok, name, why in checks:
             if not ok:
@@ -419,26 +421,50 @@ def broker_reference(
             proc.kill()
 
 
-def broker_dropped(broker: Mosquitto) -> tuple[int | None, str]:
-    """Mosquitto's own count of messages it dropped (``$SYS/broker/publish/messages/dropped``;
-    needs ``sys_interval``) and, when it could not be read, why."""
-    sub = shutil.which("mosquitto_sub")
-    if sub is None:
-        return None, "mosquitto_sub not installed"
-    argv = [sub, "-h", broker.host, "-p", str(broker.port)]
-    argv += ["-t", "$SYS/broker/publish/messages/dropped", "-C", "1", "-W", "10"]
-    why = ""
-    for _ in range(2):
-        try:
-            r = subprocess.run(argv, capture_output=True, timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            why = str(exc)
-            continue
-        text = r.stdout.decode(errors="replace").strip()
-        if text.split() and text.split()[0].isdigit():
-            return int(text.split()[0]), ""
-        why = f"exit {r.returncode}: {text[:80]!r} {r.stderr.decode(errors='replace')[:120]!r}"
-    return None, why
+_DROPPED = "$SYS/broker/publish/messages/dropped"
+
+
+class BrokerDropWatch:
+    """Mosquitto's own count of messages it dropped (``$SYS/broker/publish/messages/dropped``,
+    sent every ``sys_interval`` while it changes), followed by a ``mosquitto_sub`` for the whole
+    run: asked for only at the end, a busy broker may not answer in time."""
+
+    def __init__(self, broker: Mosquitto, path: Path) -> None:
+        self.path = path
+        self.proc: subprocess.Popen[bytes] | None = None
+        sub = shutil.which("mosquitto_sub")
+        self.why = "" if sub else "mosquitto_sub not installed"
+        if sub is None:
+            return
+        self._out = open(path, "wb")  # noqa: SIM115 - closed in value()
+        self.proc = subprocess.Popen(
+            [sub, "-h", broker.host, "-p", str(broker.port), "-t", _DROPPED],
+            stdout=self._out,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def close(self) -> None:
+        """Stop watching (idempotent)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+
+    def value(self) -> tuple[int | None, str]:
+        """The last count seen (None and why, if none was), and stop watching."""
+        if self.proc is None:
+            return None, self.why
+        self.close()
+        lines = [x for x in self.path.read_text(errors="replace").split() if x.isdigit()]
+        if not lines:
+            return None, "the broker never reported $SYS/broker/publish/messages/dropped"
+        return int(lines[-1]), ""
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -594,22 +620,32 @@ def run_scale_bench(
     work = opts.keep or tmp
     work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
-    logs.mkdir(exist_ok=True)
+    # A kept directory from an earlier run: its state (overrides made over the API, the
+    # outbox) and logs must not leak into this one.
+    for old in (logs, work / "state", work / "mosquitto"):
+        shutil.rmtree(old, ignore_errors=True)
+    logs.mkdir()
     procs: list[_Proc] = []
     broker = Mosquitto(
         work / "mosquitto",
         # $SYS every second: the bench reads the broker's own count of dropped messages.
-        extra_config="sys_interval 1",
+        extra_config="sys_interval 1\nset_tcp_nodelay true",
     )
-    with _cleanup(procs, broker, tmp if opts.keep is None else None):
-        return _run(opts, say, work, logs, procs, broker, wall0, load0)
+    closers: list[Callable[[], None]] = []
+    with _cleanup(procs, broker, closers, tmp if opts.keep is None else None):
+        return _run(opts, say, work, logs, procs, broker, closers, wall0, load0)
 
 
 @contextlib.contextmanager
-def _cleanup(procs: list[_Proc], broker: Mosquitto, tmp: Path | None) -> Iterator[None]:
+def _cleanup(
+    procs: list[_Proc], broker: Mosquitto, closers: list[Callable[[], None]], tmp: Path | None
+) -> Iterator[None]:
     try:
         yield
     finally:
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
         for p in reversed(procs):
             with contextlib.suppress(Exception):
                 p.stop(timeout=10)
@@ -625,11 +661,14 @@ def _run(
     logs: Path,
     procs: list[_Proc],
     broker: Mosquitto,
+    closers: list[Callable[[], None]],
     wall0: float,
     load0: tuple[float, float, float],
 ) -> dict[str, Any]:
     broker.start()
     say(f"mosquitto on {broker.url}")
+    drops = BrokerDropWatch(broker, work / "broker-dropped.txt")
+    closers.append(drops.close)
     reference = []
     if opts.reference_messages:
         for qos in (0, 1):
@@ -877,7 +916,8 @@ def _run(
     received = int(h_fin.get("light_states", 0))
     retained = int(h_fin.get("light_states_retained", 0))
     dropped_payloads = int(h_fin.get("dropped_payloads", 0))
-    dropped_broker, dropped_broker_why = broker_dropped(broker)
+    time.sleep(1.5)  # one more $SYS round (sys_interval 1) after the last message
+    dropped_broker, dropped_broker_why = drops.value()
     # Exact when the unconfirmed ones were delivered (the broker was up all along); negative
     # would mean duplicates (QoS 1 redelivery), which the result would show.
     lost_states = published + unconfirmed - (received - retained)

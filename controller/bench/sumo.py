@@ -156,6 +156,12 @@ class CoreLink:
 
         self.core.write_holding(self.clock(), 0, encode_outputs(signals, heartbeat, command))
 
+    async def read_outputs(self) -> Any:
+        """Read back the holding registers (what the cabinet holds as commanded)."""
+        from devices.cabinet import parse_output_frame
+
+        return parse_output_frame(self.core.holding_registers(), self.n_groups)
+
     async def close(self) -> None:
         """Nothing to close."""
 

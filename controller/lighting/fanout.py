@@ -120,11 +120,6 @@ class FanoutTracker:
         if p is None or p.cmd_id != cmd_id:
             return None
         p.left -= 1
-        import os, sys
-        if os.environ.get("FANOUT_DEBUG") and not hasattr(p, "first"):
-            p.first = t  # type: ignore[attr-defined]
-        if os.environ.get("FANOUT_DEBUG") and p.left == 0:
-            print(f"FANOUT {group} first {(p.first - p.sent)*1000:.0f} last {(t - p.sent)*1000:.0f}", file=sys.stderr, flush=True)
         if p.left > 0:
             return None
         del self._pending[group]

@@ -121,6 +121,8 @@ class LightingService:
         #: None records nothing.
         self.telemetry = telemetry
         self._alarm_kinds: dict[str, frozenset[str]] = {}
+        #: Alarm changes found but not yet published (the link dropped meanwhile).
+        self._alarms_due: dict[str, list[AlarmEntry]] = {}
         root = topics.root
         link.subscribe(f"{root}/lights/node/+/state", self._on_node_message)
         link.subscribe(f"{root}/lights/node/+/availability", self._on_node_message)
@@ -216,6 +218,18 @@ class LightingService:
             if cmds:
                 self._announce = True
             return
+        # The fault check looks at every node (≈50 ms at 10,000 nodes): done before the
+        # commands go out, so that it does not hold up the nodes' acknowledgements of them.
+        up_for = 0.0 if self._connected_mono is None else mono - self._connected_mono
+        for node, alarms in self.core.check_faults(now, mono, link_up_for_s=up_for).items():
+            if self.telemetry is not None:
+                self._record_faults(node, alarms)
+            if alarms:
+                kinds = ", ".join(f"{a.kind} ({a.detail})" for a in alarms)
+                log.warning("node %s: %s", node, kinds)
+            else:
+                log.info("node %s: all alarms cleared", node)
+            self._alarms_due[node] = alarms  # published below, or at the next step
         try:
             for fb in self.core.fallback_programs(now, force=announce):
                 await self.link.publish(
@@ -234,19 +248,15 @@ class LightingService:
                 await self.link.publish(self.topics.node_set(r.node), encode(r.command), qos=1)
                 self.stats.node_retries += 1
                 log.debug("node %s lags its group: retry %d", r.node, r.attempt)
-            up_for = 0.0 if self._connected_mono is None else mono - self._connected_mono
-            for node, alarms in self.core.check_faults(now, mono, link_up_for_s=up_for).items():
-                if self.telemetry is not None:
-                    self._record_faults(node, alarms)
-                if alarms:
-                    kinds = ", ".join(f"{a.kind} ({a.detail})" for a in alarms)
-                    log.warning("node %s: %s", node, kinds)
-                else:
-                    log.info("node %s: all alarms cleared", node)
+            while self._alarms_due:
+                node, alarms = next(iter(self._alarms_due.items()))
                 payload = NodeAlarms(node=node, alarms=alarms)
                 await self.link.publish(
                     self.topics.node_alarms(node), encode(payload), qos=1, retain=True
                 )
+                # Only once it is out: a change the link dropped goes out at the next step.
+                if self._alarms_due.get(node) is alarms:
+                    del self._alarms_due[node]
         except LinkDown:
             self._announce = True  # re-send everything once the broker is back
             return

@@ -26,9 +26,9 @@ hand-over through all red, the way the cabinet's own rules (``docs/protocol.md``
   to all red and hands over; then the engine starts from its own all-red start-up;
 * the cabinet follows somebody else's outputs that cannot be adopted: the runner first asks
   for the *local plan*, so the cabinet ends those greens properly, and then hands over as
-  above. It does the same whenever
-  its own last write still had greens, whatever the status says: a status register can lie,
-  and all red sent to a cabinet that still follows would end the greens with no clearance;
+  above. It does the same whenever its own last write still had greens, whatever the status
+  says: a status register can lie, and all red sent to a cabinet that still follows would end
+  the greens with no clearance;
 * a write failed, or a read did: the engine is frozen (it never runs ahead of what the cabinet
   shows) and, once the link is back, the runner continues only if the cabinet still follows
   exactly what was last written; otherwise it hands over as above;

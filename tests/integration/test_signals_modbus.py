@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from controller.config import CityConfig, load_config
+from controller.signals.engine import NotAdoptable, shown_stage
 from controller.signals.model import Intersection, Signal
 from controller.signals.service import SignalsService, link_for
 from controller.sim_signals import SignalDemand, cabinet_spec, group_demand, traffic_specs
@@ -189,49 +191,211 @@ async def test_garbage_registers_and_a_stuck_detector_are_handled() -> None:
         assert cab.stats.faults == 0 and r.control.stats.violations == 0
 
 
-async def test_a_controller_restart_while_the_cabinet_still_follows_hands_over_safely() -> None:
-    """The controller process dies and a new one starts within the heartbeat timeout: the
-    cabinet still shows the old controller's outputs (greens included). The new controller
-    must not jump to its own all-red start (green → red with no yellow): it asks for the local
-    plan, which clears those greens properly, then takes over through all red."""
+@dataclass
+class Restart:
+    """A second controller started on the same cabinets, watched every 10 ms: when each
+    runner first read its cabinet and first was in control, and every change of the heads."""
+
+    service: SignalsService
+    task: asyncio.Task[None]
+    cabinets: dict[str, SimulatedCabinet]
+    started: float = field(default_factory=time.monotonic)
+    first_read: dict[str, float] = field(default_factory=dict)
+    control_at: dict[str, float] = field(default_factory=dict)
+    #: When the engine's greens started, as first seen in control (adoption: its moment).
+    green_from: dict[str, float | None] = field(default_factory=dict)
+    stage: dict[str, str | None] = field(default_factory=dict)
+    changes: dict[str, list[tuple[float, tuple[int, ...]]]] = field(default_factory=dict)
+    _watch: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = {xid: cab.shown for xid, cab in self.cabinets.items()}
+        while True:
+            now = time.monotonic()
+            for xid, r in self.service.runners.items():
+                if r.stats.reads and xid not in self.first_read:
+                    self.first_read[xid] = now
+                if r.sync == "control" and xid not in self.control_at:
+                    self.control_at[xid] = now
+                    since = [t for t in r.control.output.green_since if t is not None]
+                    self.green_from[xid] = min(since, default=None)
+                    self.stage[xid] = r.control.output.stage
+                shown = self.cabinets[xid].shown
+                if shown != last[xid]:
+                    self.changes.setdefault(xid, []).append((now, shown))
+                    last[xid] = shown
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        for t in (self._watch, self.task):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+
+
+async def kill_when(s: Site, ready: Callable[[str, tuple[int, ...]], bool], within: float) -> None:
+    """Cancel the first controller (a crash: it writes nothing more) at a moment when
+    ``ready(xid, shown)`` holds for every cabinet that it drives and that shows exactly the
+    controller's latest outputs — so no write still in flight can change the heads after."""
+    runners = s.service.runners
+
+    def now_ready() -> bool:
+        for xid, cab in s.cabinets.items():
+            shown = cab.shown
+            ours = tuple(int(c) for c in runners[xid].control.output.signals)
+            if cab.mode is not CabinetMode.FOLLOWING or shown != ours or not ready(xid, shown):
+                return False
+        return True
+
+    assert await wait_for(lambda: all(r.sync == "control" for r in runners.values()), 10)
+    assert await wait_for(now_ready, within, 0.005), {
+        xid: cab.shown for xid, cab in s.cabinets.items()
+    }
+    s.task.cancel()  # no await between the check and the cancel
+    with contextlib.suppress(asyncio.CancelledError):
+        await s.task
+
+
+def restart(s: Site) -> Restart:
+    """A fresh controller on the same cabinets (new links, new runners, heartbeat from 0)."""
+    links = {x.id: link_for(with_port(x, s.cabinets[x.id].port)) for x in s.xs}
+    fresh = SignalsService(
+        s.cfg.signals,
+        s.xs,
+        time.monotonic,
+        links,
+        mqtt=None,
+        topics=Topics("t"),
+        local_time=_local,
+    )
+    r = Restart(fresh, asyncio.create_task(fresh.run()), s.cabinets)
+    r._watch = asyncio.create_task(r._run())
+    return r
+
+
+def _clean(x: Intersection, shown: tuple[int, ...]) -> bool:
+    try:
+        shown_stage(x, shown)
+    except NotAdoptable:
+        return False
+    return True
+
+
+async def test_a_controller_restart_while_the_cabinet_still_follows_adopts_the_stage_shown() -> (
+    None
+):
+    """The controller dies while both cabinets show a clean stage (its greens, the rest red)
+    and a new one starts within the heartbeat timeout: it takes the stage over at its first
+    read — in control at once, the same outputs written with its own heartbeat, nothing
+    changing on the heads and no local plan — and runs on from there with no fault on either
+    side; the stage's greens end no sooner than their minimum after the adoption."""
     async with site() as s:
-        runners = s.service.runners
-        assert await wait_for(lambda: all(r.sync == "control" for r in runners.values()), 10)
-        await asyncio.sleep(6)  # some greens are showing
-        s.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await s.task
-        showing = {xid: tuple(cab.shown) for xid, cab in s.cabinets.items()}
-        assert any(3 in shown for shown in showing.values())  # a green stays up meanwhile
-        links = {x.id: link_for(with_port(x, s.cabinets[x.id].port)) for x in s.xs}
-        fresh = SignalsService(
-            s.cfg.signals,
-            s.xs,
-            time.monotonic,
-            links,
-            mqtt=None,
-            topics=Topics("t"),
-            local_time=_local,
-        )
-        task = asyncio.create_task(fresh.run())
+        xs = {x.id: x for x in s.xs}
+        plan_entries = {xid: cab.stats.local_plan_entries for xid, cab in s.cabinets.items()}
+        await kill_when(s, lambda xid, shown: _clean(xs[xid], shown), 30)
+        killed_at = time.monotonic()
+        shown_at_kill = {xid: cab.shown for xid, cab in s.cabinets.items()}
+        modes_at_kill = {xid: len(cab.core.transitions) for xid, cab in s.cabinets.items()}
+        again = restart(s)
         try:
-            assert await wait_for(
-                lambda: all(r.sync == "control" for r in fresh.runners.values()), 40
+            assert await wait_for(lambda: len(again.control_at) == len(xs), 5), again.control_at
+            # Until the engine's first own change on every cabinet (the adopted stage ends
+            # through its clearance at the earliest at its minimum green after the adoption).
+            assert await wait_for(lambda: len(again.changes) == len(xs), 30), again.changes
+            await asyncio.sleep(1)
+            for xid, r in again.service.runners.items():
+                cab = s.cabinets[xid]
+                x = xs[xid]
+                first_read, control_at = again.first_read[xid], again.control_at[xid]
+                adopted_at = again.green_from[xid]
+                assert adopted_at is not None and first_read - 0.2 <= adopted_at <= control_at
+                changes = again.changes.get(xid, [])
+                first_change = changes[0][0] if changes else math.inf
+                greens = [i for i, c in enumerate(shown_at_kill[xid]) if c == int(Signal.GREEN)]
+                least_min = min(x.groups[i].min_green_total_s for i in greens)
+                print(
+                    f"{xid}: killed showing {shown_at_kill[xid]}; new controller's first read "
+                    f"{first_read - again.started:.2f} s after its start "
+                    f"({first_read - killed_at:.2f} s after the kill), in control "
+                    f"{control_at - first_read:.2f} s after it in stage {again.stage[xid]}; "
+                    f"first change on the heads "
+                    f"{first_change - control_at:.1f} s after that"
+                )
+                assert r.stats.adoptions == 1 and r.stats.handovers == 0, r.stats
+                assert again.stage[xid] == shown_stage(x, shown_at_kill[xid])[0]
+                assert control_at - first_read <= 0.5
+                # Nothing changed on the heads, the cabinet never left following.
+                assert first_change - adopted_at >= least_min - 1e-3, changes
+                assert cab.stats.local_plan_entries == plan_entries[xid]
+                assert len(cab.core.transitions) == modes_at_kill[xid], cab.core.transitions
+                assert cab.mode is CabinetMode.FOLLOWING and r.sync == "control"
+                assert cab.stats.faults == 0 and cab.fault is FaultCode.NONE
+                assert r.control.stats.violations == 0 and r.control.monitor.total == 0
+        finally:
+            await again.stop()
+
+
+async def test_a_controller_restart_during_a_clearance_hands_over_through_the_local_plan() -> None:
+    """The controller dies while a cabinet shows a yellow: no clean state to adopt. The new
+    controller must not jump to its own all-red start (a yellow cut short) nor adopt: it asks
+    for the local plan, which ends the clearance properly, then takes over through all red."""
+    async with site() as s:
+        target = s.xs[0].id
+        yellow = int(Signal.YELLOW)
+        plan_entries = s.cabinets[target].stats.local_plan_entries
+        await kill_when(s, lambda xid, shown: xid != target or yellow in shown, 40)
+        again = restart(s)
+        try:
+            assert await wait_for(lambda: len(again.control_at) == len(s.xs), 30)
+            await asyncio.sleep(2)
+            r, cab = again.service.runners[target], s.cabinets[target]
+            print(
+                f"{target}: killed in a yellow; in control "
+                f"{again.control_at[target] - again.first_read[target]:.1f} s after the first "
+                f"read, through the local plan ({cab.stats.local_plan_entries - plan_entries} "
+                f"entry), {r.stats.handovers} hand-over"
             )
-            await asyncio.sleep(3)
-            for xid, r in fresh.runners.items():
+            assert r.stats.adoptions == 0 and r.stats.adoptions_refused == 1
+            assert r.stats.handovers == 1
+            assert cab.stats.local_plan_entries == plan_entries + 1
+            for xid, rr in again.service.runners.items():
+                c = s.cabinets[xid]
+                assert rr.sync == "control" and c.mode is CabinetMode.FOLLOWING, xid
+                assert c.stats.faults == 0 and c.fault is FaultCode.NONE, xid
+                assert rr.control.stats.violations == 0, xid
+        finally:
+            await again.stop()
+
+
+async def test_a_controller_restart_after_the_heartbeat_timeout_hands_over_through_all_red() -> (
+    None
+):
+    """The new controller comes after the cabinets' watchdog fired: they run their local plan
+    (fault HEARTBEAT_LOST). Nothing is adopted; each cabinet winds its plan down and hands the
+    heads over in all red, with no fault on either side."""
+    async with site() as s:
+        await kill_when(s, lambda xid, shown: True, 10)
+        handovers = {xid: cab.stats.handovers for xid, cab in s.cabinets.items()}
+        assert await wait_for(
+            lambda: all(c.mode is CabinetMode.LOCAL_PLAN for c in s.cabinets.values()), 3
+        )
+        again = restart(s)
+        try:
+            assert await wait_for(lambda: len(again.control_at) == len(s.xs), 40)
+            await asyncio.sleep(2)
+            for xid, r in again.service.runners.items():
                 cab = s.cabinets[xid]
                 print(
-                    f"{xid}: restarted controller in control after {r.stats.handovers} hand-over, "
-                    f"cabinet local-plan entries {cab.stats.local_plan_entries}, faults {cab.stats.faults}"
+                    f"{xid}: in control {again.control_at[xid] - again.first_read[xid]:.1f} s "
+                    f"after the first read, through all red"
                 )
+                assert r.stats.adoptions == 0 and r.stats.adoptions_refused == 0
+                assert r.stats.handovers == 1 and cab.stats.handovers == handovers[xid] + 1
                 assert cab.stats.faults == 0 and cab.fault is FaultCode.NONE
-                assert r.control.stats.violations == 0
-                assert cab.stats.local_plan_entries >= 1 or all(c == 1 for c in showing[xid])
+                assert r.control.stats.violations == 0 and r.sync == "control"
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await again.stop()
 
 
 async def test_a_safety_violation_flashes_the_intersection_until_cleared() -> None:

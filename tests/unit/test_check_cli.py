@@ -17,7 +17,7 @@ from tests.faults import REPORT_ENV, report
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SUITE = f'''
+SUITE = f"""
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 import pytest
@@ -38,7 +38,7 @@ def test_fails_before_report():
 
 def test_not_a_fault():
     pass
-'''
+"""
 
 
 def test_report_prints_one_line_and_appends_json(

@@ -1,0 +1,84 @@
+"""The light simulator's gateway mode over a real Mosquitto: many nodes per connection, the
+same topics and payloads on the wire as one connection per node."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from devices.lights import LightCommand, SimFault, Topics, encode
+from simulator.lights import LightSimulator, NodeSpec
+from tests.helpers import Mosquitto, wait_for
+from tests.integration.test_sim_lights import Observer
+
+
+def _specs() -> list[NodeSpec]:
+    # 30 nodes, two groups; gateways of 8 so that one gateway carries both groups.
+    return [NodeSpec(f"gw-n{i:02d}", "ga" if i < 12 else "gb") for i in range(30)]
+
+
+def _command(cmd_id: str, level: float) -> bytes:
+    return encode(LightCommand(cmd_id=cmd_id, level=level, issued=dt.datetime.now(dt.UTC)))
+
+
+async def test_gateway_mode_looks_like_nodes_on_the_wire(
+    mosquitto: Mosquitto, mqtt_prefix: str
+) -> None:
+    topics = Topics(mqtt_prefix)
+    obs = Observer(mosquitto, topics)
+    sim = LightSimulator(mosquitto.url, _specs(), prefix=mqtt_prefix, gateway_size=8)
+    try:
+        await obs.link.wait_connected(5)
+        await sim.start(wait_s=10)
+        assert sim.connections == 4  # 30 nodes in gateways of 8
+        assert sim.stats.online == 30
+        # Every node announces itself on its own topics, as with a connection of its own.
+        await wait_for(lambda: len(obs.states) == 30 and len(obs.availability) == 30, 10)
+        assert set(obs.availability.values()) == {"online"}
+
+        # A group command: the broker sends it once per gateway, every node of the group takes
+        # it and reports it in its own state; the other group is untouched.
+        await obs.publish(topics.group_set("ga"), _command("c-ga-1", 60))
+        await wait_for(lambda: obs.count(lambda s: s.cmd_id == "c-ga-1") == 12, 10)
+        assert all(obs.states[f"gw-n{i:02d}"].target == 60 for i in range(12))
+        assert all(obs.states[f"gw-n{i:02d}"].cmd_id is None for i in range(12, 30))
+        assert sim.stats.commands_applied == 12
+        # One copy per gateway that carries ga nodes (gw 1: n00-n07, gw 2: n08-n15), not 12.
+        assert sim.stats.received == 2
+
+        # A command for one node reaches that node only, and it acknowledges it.
+        await obs.publish(topics.node_set("gw-n20"), _command("c-n20", 30))
+        await wait_for(lambda: obs.states["gw-n20"].cmd_id == "c-n20", 10)
+        await wait_for(lambda: [a.cmd_id for a in obs.acks["gw-n20"]] == ["c-n20"], 10)
+        assert obs.states["gw-n21"].cmd_id is None
+
+        # A node cut off behind its gateway: the gateway reports it offline and it hears
+        # nothing; its neighbours on the same connection go on.
+        await obs.publish(topics.sim_fault("gw-n03"), encode(SimFault(fault="node_offline")))
+        await wait_for(lambda: obs.availability["gw-n03"] == "offline", 10)
+        assert sim.stats.online == 29
+        await obs.publish(topics.group_set("ga"), _command("c-ga-2", 40))
+        await wait_for(lambda: obs.count(lambda s: s.cmd_id == "c-ga-2") == 11, 10)
+        assert obs.states["gw-n03"].cmd_id == "c-ga-1"
+
+        # Back: online again with its state, and it follows the next command.
+        await obs.publish(
+            topics.sim_fault("gw-n03"), encode(SimFault(fault="node_offline", active=False))
+        )
+        await wait_for(lambda: obs.availability["gw-n03"] == "online", 10)
+        await obs.publish(topics.group_set("ga"), _command("c-ga-3", 70))
+        await wait_for(lambda: obs.count(lambda s: s.cmd_id == "c-ga-3") == 12, 10)
+
+        # Stopping: the gateways say goodbye for each of their nodes.
+        await sim.stop()
+        await wait_for(lambda: set(obs.availability.values()) == {"offline"}, 10)
+        assert sim.stats.publish_failed == 0
+    finally:
+        await sim.stop()
+        await obs.close()
+
+
+def test_gateway_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="gateway_size"):
+        LightSimulator("mqtt://127.0.0.1:1", _specs(), gateway_size=0)
