@@ -221,7 +221,6 @@ async def run_demo(
     # Ports chosen up front, and the controller built before the cabinets: a cabinet's
     # heartbeat watchdog runs from the moment it is created, and building the controller
     # (validating the schedule) takes a moment the cabinet must not count.
-    ports = {x.id: _any_free_port() for x in xs}
     controller: Controller | None = None
     site: SimulatedSite | None = None
     tasks: list[asyncio.Task[Any]] = []
@@ -231,28 +230,42 @@ async def run_demo(
             "%d simulated light nodes online in %.1f s", sim.stats.online, sim.stats.connect_s or 0
         )
         token = secrets.token_urlsafe(18)
-        controller = Controller(
-            cfg,
-            clock=clock,
-            mqtt=settings,
-            cabinets={xid: ("127.0.0.1", port) for xid, port in ports.items()},
-            api_tokens={"demo": ("admin", token)},
-            api_port=api_port if api_port is not None else _free_or(8080),
-        )
-        if controller.signals is not None:
-            controller.signals.summary_s = 10.0
-        site = SimulatedSite(
-            xs,
-            cfg.signals,
-            level=0.8,
-            start_local=clock.now().astimezone(tz),
-            time_scale=speed,
-            seed="demo",
-            publish=publish,
-            topics=Topics(cfg.mqtt.prefix),
-            ports=ports,
-        )
-        await site.start()
+        for attempt in range(3):
+            # A port found free can be taken by another program before the cabinet binds it;
+            # then the whole pair is built again on new ports.
+            ports = {x.id: _any_free_port() for x in xs}
+            controller = Controller(
+                cfg,
+                clock=clock,
+                mqtt=settings,
+                cabinets={xid: ("127.0.0.1", port) for xid, port in ports.items()},
+                api_tokens={"demo": ("admin", token)},
+                api_port=api_port if api_port is not None else _free_or(8080),
+            )
+            if controller.signals is not None:
+                controller.signals.summary_s = 10.0
+            site = SimulatedSite(
+                xs,
+                cfg.signals,
+                level=0.8,
+                start_local=clock.now().astimezone(tz),
+                time_scale=speed,
+                seed="demo",
+                publish=publish,
+                topics=Topics(cfg.mqtt.prefix),
+                ports=ports,
+            )
+            try:
+                await site.start()
+                break
+            except (OSError, RuntimeError) as exc:  # pymodbus: "Could not start listen"
+                await site.stop()
+                controller.close()
+                controller, site = None, None
+                if attempt == 2:
+                    raise
+                log.warning("simulated cabinets could not listen (%s): new ports", exc)
+        assert controller is not None and site is not None
         for xid, (h, p) in site.addresses.items():
             log.info("simulated cabinet %s on modbus tcp %s:%d", xid, h, p)
         await controller.start()
