@@ -504,6 +504,13 @@ class OutboxConfig(_Strict):
         le=24.0 * 3650,
         description="Keep sent points this long for `cityctl telemetry export` (0: delete on ack).",
     )
+    commit_every_s: float = Field(
+        default=0.05,
+        ge=0,
+        le=5,
+        description="Commit recorded points this often, in one transaction (0: every loop turn);"
+        " a crash loses at most this window.",
+    )
 
 
 class TelemetryIntervals(_Strict):

@@ -47,9 +47,7 @@ __all__ = [
     "CabinetMode",
     "CabinetStatus",
     "Command",
-    "DetectorDelta",
     "DetectorReading",
-    "DetectorTracker",
     "FaultCode",
     "OutputFrame",
     "RegisterError",
@@ -135,6 +133,10 @@ class Command(IntEnum):
     FLASH = 1  # flash by request
     LOCAL_PLAN = 2  # run the cabinet's own fixed-time plan
     RESET_FAULT = 3  # clear a latched fault (on the commit that carries it), then as FOLLOW
+
+
+_SIGNAL_OF: Final = {int(c): c for c in SignalCode}
+"""Register value → :class:`SignalCode` (a dict lookup is ten times an enum call's speed)."""
 
 
 class CabinetMode(IntEnum):
@@ -223,18 +225,18 @@ def next_heartbeat(heartbeat: int) -> int:
 # -- status (input registers) ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DetectorReading:
     """One detector channel as the cabinet reports it (cumulative, 16-bit wrapping)."""
 
     count: int
-    occupancy: int  # cumulative occupied time, 0.1 s units
+    occupancy: int | None  # cumulative occupied time, 0.1 s units; None: not read this time
     presence: bool
 
     @property
-    def occupied_s(self) -> float:
-        """The occupancy register in seconds (still cumulative and wrapping)."""
-        return self.occupancy / 10
+    def occupied_s(self) -> float | None:
+        """The occupancy register in seconds (still cumulative and wrapping), if it was read."""
+        return None if self.occupancy is None else self.occupancy / 10
 
 
 @dataclass(frozen=True)
@@ -319,31 +321,42 @@ def encode_status(status: CabinetStatus) -> list[int]:
         regs[IR.DISPLAYED + g] = _signal(IR.DISPLAYED + g, int(code), "IR")
     for ch, det in enumerate(status.detectors):
         regs[IR.DET_COUNT + ch] = _u16(IR.DET_COUNT + ch, det.count)
+        if det.occupancy is None:
+            raise RegisterError(IR.DET_OCCUPANCY + ch, 0, "a status to encode needs occupancy")
         regs[IR.DET_OCCUPANCY + ch] = _u16(IR.DET_OCCUPANCY + ch, det.occupancy)
     return regs
 
 
-def status_spans(n_channels: int) -> tuple[tuple[int, int], ...]:
-    """The ``(address, count)`` reads a poll needs: at most two, each within Modbus' 125."""
+def status_spans(n_channels: int, *, occupancy: bool = True) -> tuple[tuple[int, int], ...]:
+    """The ``(address, count)`` reads a poll needs: at most two, each within Modbus' 125.
+
+    Without ``occupancy`` only the first: the occupancy registers are cumulative, so reading
+    them less often loses nothing (:class:`devices.modbus.CabinetLink` reads them once a
+    second, the rest ten times).
+    """
     first = (0, IR.DET_COUNT + n_channels)
-    if n_channels == 0:
+    if n_channels == 0 or not occupancy:
         return (first,)
     return first, (IR.DET_OCCUPANCY, n_channels)
 
 
 def decode_status(
-    registers: Sequence[int], n_groups: int | None = None, n_channels: int | None = None
+    registers: Sequence[int],
+    n_groups: int | None = None,
+    n_channels: int | None = None,
+    *,
+    occupancy: bool = True,
 ) -> CabinetStatus:
     """Validate an input-register image (from address 0) into a :class:`CabinetStatus`.
 
     ``n_groups`` / ``n_channels`` are what the configuration expects; a cabinet reporting other
     numbers is an error (wrong cabinet or wrong config). Only the registers of
-    :func:`status_spans` are looked at. Any bad value raises :class:`RegisterError`.
+    :func:`status_spans` are looked at (without ``occupancy``, not the occupancy registers:
+    every reading's ``occupancy`` is None). Any bad value raises :class:`RegisterError`.
     """
     if len(registers) < IR.DET_COUNT:
         raise RegisterError(len(registers), 0, f"image too short: need at least {IR.DET_COUNT}")
-    for addr in range(IR.DET_COUNT):
-        _u16(addr, registers[addr])
+    _all_u16(registers[: IR.DET_COUNT], 0)
     version = registers[IR.MAP_VERSION]
     if version != MAP_VERSION:
         raise RegisterError(IR.MAP_VERSION, version, f"map version {MAP_VERSION} expected")
@@ -357,7 +370,7 @@ def decode_status(
         raise RegisterError(
             IR.N_CHANNELS, channels, f"cabinet has {channels} channels, expected {want}"
         )
-    need = IR.DET_OCCUPANCY + channels if channels else IR.DET_COUNT
+    need = IR.DET_OCCUPANCY + channels if channels and occupancy else IR.DET_COUNT + channels
     if len(registers) < need:
         raise RegisterError(len(registers), 0, f"image too short: need {need} registers")
     mode = _enum(CabinetMode, IR.STATUS, registers[IR.STATUS], "unknown cabinet status")
@@ -369,10 +382,14 @@ def decode_status(
             raise RegisterError(addr, number, f"no group {number} (cabinet has {groups})")
         if number:
             fault_groups.append(number - 1)
-    displayed = tuple(
-        _enum(SignalCode, IR.DISPLAYED + g, registers[IR.DISPLAYED + g], "unknown signal code")
-        for g in range(groups)
-    )
+    shown = registers[IR.DISPLAYED : IR.DISPLAYED + groups]
+    try:
+        displayed = tuple([_SIGNAL_OF[v] for v in shown])
+    except KeyError:  # name the first register that holds no signal code
+        displayed = tuple(
+            _enum(SignalCode, IR.DISPLAYED + g, v, "unknown signal code")
+            for g, v in enumerate(shown)
+        )
     presence_regs = registers[IR.PRESENCE : IR.PRESENCE + 4]
     for k, reg in enumerate(presence_regs):
         first = 16 * k
@@ -381,12 +398,18 @@ def decode_status(
             raise RegisterError(
                 IR.PRESENCE + k, reg, f"presence set for a channel the cabinet lacks ({channels})"
             )
-    detectors = []
-    for ch in range(channels):
-        count = _u16(IR.DET_COUNT + ch, registers[IR.DET_COUNT + ch])
-        occ = _u16(IR.DET_OCCUPANCY + ch, registers[IR.DET_OCCUPANCY + ch])
-        present = bool(presence_regs[ch // 16] >> (ch % 16) & 1)
-        detectors.append(DetectorReading(count, occ, present))
+    counts = registers[IR.DET_COUNT : IR.DET_COUNT + channels]
+    _all_u16(counts, IR.DET_COUNT)
+    occ: Sequence[int | None]
+    if occupancy:
+        occ = registers[IR.DET_OCCUPANCY : IR.DET_OCCUPANCY + channels]
+        _all_u16(occ, IR.DET_OCCUPANCY)
+    else:
+        occ = [None] * channels
+    detectors = [
+        DetectorReading(counts[ch], occ[ch], bool(presence_regs[ch >> 4] >> (ch & 15) & 1))
+        for ch in range(channels)
+    ]
     return CabinetStatus(
         n_groups=groups,
         n_channels=channels,
@@ -447,78 +470,21 @@ def parse_output_frame(holding: Sequence[int], n_groups: int) -> OutputFrame:
     )
 
 
-# -- detector deltas -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DetectorDelta:
-    """What one channel did since the previous poll; ``error`` set when it is not believable."""
-
-    channel: int
-    counts: int
-    occupied_s: float
-    presence: bool
-    error: RegisterError | None = None
-
-
-class DetectorTracker:
-    """Turns cumulative, wrapping detector registers into per-poll deltas, with sanity checks.
-
-    A count that grows faster than ``max_rate_hz`` (no loop sees more than a few vehicles a
-    second), or occupancy that grows by more than the time that passed, is garbage: that channel
-    reports a :class:`RegisterError` and keeps its last good baseline, so one bad register never
-    hides the rest of the status. A cabinet restart (uptime going back) resets the baselines.
-    """
-
-    def __init__(self, *, max_rate_hz: float = 10.0, slack_s: float = 0.5) -> None:
-        self.max_rate_hz = max_rate_hz
-        self.slack_s = slack_s
-        self._base: dict[int, tuple[float, DetectorReading]] = {}
-        self._uptime = -1
-
-    def reset(self) -> None:
-        """Forget all baselines (after a reconnect the next poll only sets them)."""
-        self._base.clear()
-        self._uptime = -1
-
-    def update(self, status: CabinetStatus, now: float) -> tuple[DetectorDelta, ...]:
-        """Deltas since the previous call for every channel; ``now`` is the caller's clock."""
-        if status.uptime_s < self._uptime:
-            self._base.clear()
-        self._uptime = status.uptime_s
-        out: list[DetectorDelta] = []
-        for ch, cur in enumerate(status.detectors):
-            base = self._base.get(ch)
-            if base is None:
-                self._base[ch] = (now, cur)
-                out.append(DetectorDelta(ch, 0, 0.0, cur.presence))
-                continue
-            t0, prev = base
-            span = max(0.0, now - t0) + self.slack_s
-            counts = (cur.count - prev.count) & _U16
-            occ = (cur.occupancy - prev.occupancy) & _U16
-            error: RegisterError | None = None
-            if counts > self.max_rate_hz * span + 1:
-                error = RegisterError(
-                    IR.DET_COUNT + ch,
-                    cur.count,
-                    f"count jumped by {counts} in {now - t0:.1f} s (was {prev.count})",
-                )
-            elif occ > span * 10 + 1:
-                error = RegisterError(
-                    IR.DET_OCCUPANCY + ch,
-                    cur.occupancy,
-                    f"occupancy grew by {occ / 10:g} s in {now - t0:.1f} s (was {prev.occupancy})",
-                )
-            if error is not None:
-                out.append(DetectorDelta(ch, 0, 0.0, cur.presence, error))
-                continue
-            self._base[ch] = (now, cur)
-            out.append(DetectorDelta(ch, counts, occ / 10, cur.presence))
-        return tuple(out)
-
-
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _all_u16(values: Sequence[int], first: int) -> None:
+    """Every value (registers ``first``, ``first + 1``, ...) a 16-bit register value.
+
+    Else :class:`RegisterError` naming the first bad register. The common case (all good)
+    costs three C-level passes instead of a Python call per value.
+    """
+    if not values or (
+        {type(v) for v in values} == {int} and 0 <= min(values) <= max(values) <= _U16
+    ):
+        return
+    for k, v in enumerate(values):
+        _u16(first + k, v)
 
 
 def _u16(register: int, value: int, *, table: str = "IR") -> int:

@@ -1,10 +1,13 @@
 """The Modbus TCP link to one signal cabinet.
 
-Everything outside ``devices/`` talks to a cabinet through :class:`CabinetLink` only; pymodbus
-stays behind it (it renames its API between minor releases, see ``docs/architecture.md``). The
-register map and its codec are in :mod:`devices.cabinet`.
+Everything outside ``devices/`` talks to a cabinet through :class:`CabinetLink` only; the
+Modbus client stays behind it. That client is :class:`devices.mbap.MbapClient`, a lean
+Modbus TCP client of our own: at a hundred intersections polled ten times a second, pymodbus'
+client layer cost more CPU than everything else of a signal step (``docs/benchmarks.md``,
+*Scale*). pymodbus remains the server of the simulated cabinets, so every integration test
+runs our client against it. The register map and its codec are in :mod:`devices.cabinet`.
 
-The link owns the connection state, the way a coordinator does: every pymodbus failure
+The link owns the connection state, the way a coordinator does: every client failure
 (refused, timed out, closed, an exception response) becomes one :class:`CabinetError`, and
 consecutive failures are counted. After ``down_after`` of them the cabinet is DOWN: ``on_down``
 fires and further calls fail at once, without network traffic, until the next retry is due;
@@ -28,9 +31,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.pdu import ModbusPDU
-
 from devices.cabinet import (
     HR,
     IR,
@@ -42,6 +42,7 @@ from devices.cabinet import (
     parse_output_frame,
     status_spans,
 )
+from devices.mbap import MbapClient, ModbusError
 
 __all__ = [
     "CabinetError",
@@ -106,6 +107,7 @@ class CabinetLink:
         backoff_min_s: float = 0.2,
         backoff_max_s: float = 5.0,
         down_after: int = 3,
+        occupancy_every: int = 10,
         on_up: LinkCallback | None = None,
         on_down: LinkCallback | None = None,
         name: str = "",
@@ -118,6 +120,8 @@ class CabinetLink:
             raise ValueError("timeouts, poll and backoff must be positive (min ≤ max)")
         if down_after < 1:
             raise ValueError("down_after must be at least 1")
+        if occupancy_every < 1:
+            raise ValueError("occupancy_every must be at least 1")
         self.host = host
         self.port = port
         self.device_id = device_id
@@ -128,11 +132,13 @@ class CabinetLink:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.down_after = down_after
+        #: Read the (cumulative) occupancy registers with every this-many-th status read.
+        self.occupancy_every = occupancy_every
         self.on_up = on_up
         self.on_down = on_down
         self.name = name or f"cabinet {host}:{port}/{device_id}"
         self.stats = CabinetLinkStats()
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: MbapClient | None = None
         self._lock = asyncio.Lock()
         self._up = False
         self._up_event = asyncio.Event()
@@ -176,15 +182,30 @@ class CabinetLink:
 
     # -- requests -------------------------------------------------------------------------
     async def read_status(self) -> CabinetStatus:
-        """Read and validate the cabinet's status (one or two requests).
+        """Read and validate the cabinet's status (one request, or two).
+
+        The occupancy registers come with every :attr:`occupancy_every`-th read only (the
+        first included); in between every reading's ``occupancy`` is None. They are
+        cumulative, so nothing is lost, and a poll costs one request instead of two.
 
         Raises :class:`CabinetError` on a transport failure, :class:`RegisterError` when a
         register holds a value the map does not allow.
         """
-        image = await self._transact(self._read_image)
+        occupancy = self.stats.reads % self.occupancy_every == 0
+        spans = status_spans(self.n_channels, occupancy=occupancy)
+
+        async def read(client: MbapClient) -> list[int]:
+            image = [0] * IR.END
+            for address, count in spans:
+                image[address : address + count] = await self._request(
+                    client.read_input_registers(address, count, unit=self.device_id)
+                )
+            return image
+
+        image = await self._transact(read)
         self.stats.reads += 1
         try:
-            return decode_status(image, self.n_groups, self.n_channels)
+            return decode_status(image, self.n_groups, self.n_channels, occupancy=occupancy)
         except RegisterError as exc:
             self.stats.decode_errors += 1
             key = (exc.table, exc.register)
@@ -210,10 +231,8 @@ class CabinetLink:
             )
         values = encode_outputs(signals, heartbeat, command)
 
-        async def write(client: AsyncModbusTcpClient) -> None:
-            await self._request(
-                client.write_registers(HR.HEARTBEAT, values, device_id=self.device_id)
-            )
+        async def write(client: MbapClient) -> None:
+            await self._request(client.write_registers(HR.HEARTBEAT, values, unit=self.device_id))
 
         await self._transact(write)
         self.stats.writes += 1
@@ -221,12 +240,9 @@ class CabinetLink:
     async def read_outputs(self) -> OutputFrame:
         """Read back the holding registers (what the cabinet holds as commanded)."""
 
-        async def read(client: AsyncModbusTcpClient) -> list[int]:
+        async def read(client: MbapClient) -> list[int]:
             count = HR.OUTPUTS + self.n_groups
-            rr = await self._request(
-                client.read_holding_registers(0, count=count, device_id=self.device_id)
-            )
-            return _registers(rr, count)
+            return await self._request(client.read_holding_registers(0, count, unit=self.device_id))
 
         holding = await self._transact(read)
         return parse_output_frame(holding, self.n_groups)
@@ -273,24 +289,12 @@ class CabinetLink:
         await self.close()
 
     # -- internals ------------------------------------------------------------------------
-    async def _read_image(self, client: AsyncModbusTcpClient) -> list[int]:
-        image = [0] * IR.END
-        for address, count in status_spans(self.n_channels):
-            rr = await self._request(
-                client.read_input_registers(address, count=count, device_id=self.device_id)
-            )
-            image[address : address + count] = _registers(rr, count)
-        return image
-
-    async def _request(self, request: Awaitable[ModbusPDU]) -> ModbusPDU:
-        """One request with the link's timeout; an exception response is a failure."""
+    async def _request(self, request: Awaitable[T]) -> T:
+        """One request with the link's timeout (an exception response is a ModbusError)."""
         async with asyncio.timeout(self.timeout_s):
-            response = await request
-        if response.isError():
-            raise CabinetError(f"{self.name}: exception response {response}")
-        return response
+            return await request
 
-    async def _transact(self, operation: Callable[[AsyncModbusTcpClient], Awaitable[T]]) -> T:
+    async def _transact(self, operation: Callable[[MbapClient], Awaitable[T]]) -> T:
         async with self._lock:
             if self._closed:
                 raise CabinetError(f"{self.name}: link closed")
@@ -306,31 +310,21 @@ class CabinetLink:
             except CabinetError as exc:
                 self._failed(exc)
                 raise
-            except Exception as exc:  # every pymodbus / socket / timeout failure
+            except (ModbusError, OSError, TimeoutError) as exc:  # every socket / protocol failure
                 error = CabinetError(f"{self.name}: {type(exc).__name__}: {exc}")
                 self._failed(error)
                 raise error from exc
             self._succeeded()
             return result
 
-    async def _connected_client(self) -> AsyncModbusTcpClient:
+    async def _connected_client(self) -> MbapClient:
         client = self._client
         if client is not None and client.connected:
             return client
         self._drop_client()
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            name=self.name,
-            timeout=self.timeout_s,
-            retries=0,  # the link decides about retries
-            reconnect_delay=0,  # and about reconnecting
-        )
+        # No retries and no reconnecting inside the client: the link decides both.
+        client = await MbapClient.connect(self.host, self.port, timeout_s=self.timeout_s)
         self._client = client
-        async with asyncio.timeout(self.timeout_s):
-            ok = await client.connect()
-        if not ok:
-            raise CabinetError(f"{self.name}: cannot connect to {self.host}:{self.port}")
         self.stats.connects += 1
         return client
 
@@ -386,10 +380,3 @@ class CabinetLink:
         task = asyncio.get_running_loop().create_task(call(), name=f"{self.name} {what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _registers(response: ModbusPDU, count: int) -> list[int]:
-    regs = list(response.registers)
-    if len(regs) != count:
-        raise CabinetError(f"short response: {len(regs)} of {count} registers")
-    return regs

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import random
 import socket
 import ssl
+import sys
+import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -178,6 +181,33 @@ class MqttLink:
         """True while the broker connection is up."""
         return self._connected.is_set()
 
+    def inbox_empty(self) -> bool:
+        """Whether every message that has reached this end of the connection has been handed
+        to the handlers: none queued in aiomqtt, no unread bytes in the socket (or in the TLS
+        layer). True when not connected.
+
+        A loop that decides "the node did not answer in time" asks this first: under load the
+        answer may be sitting unread in this inbox (paho reads one packet per event-loop turn).
+        Costs a queue length and one ``ioctl``.
+        """
+        client = self._client
+        if client is None:
+            return True
+        if len(client.messages):
+            return False
+        sock = client._client.socket()  # paho's socket
+        pending = getattr(sock, "pending", None)  # TLS: decrypted bytes not yet read
+        if pending is not None and pending():
+            return False
+        fileno = getattr(sock, "fileno", None)  # absent on paho's websocket wrapper
+        if fileno is None:
+            return True
+        try:
+            buf = fcntl.ioctl(fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except (OSError, ValueError):  # closed meanwhile: nothing more will be read from it
+            return True
+        return int.from_bytes(buf, sys.byteorder) == 0
+
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until connected; False on timeout."""
         try:
@@ -248,6 +278,7 @@ class MqttLink:
                 async with client:
                     self._client = client
                     _no_delay(client)
+                    _buffer_reads(client)
                     if not self._online.is_set():
                         # abort() came while the connection was being made: cut it now.
                         _cut(client)
@@ -378,6 +409,50 @@ def _no_delay(client: aiomqtt.Client) -> None:
     if setsockopt is not None:
         with contextlib.suppress(OSError):
             setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _BufferedReads:
+    """paho's socket, read in large chunks.
+
+    paho reads a packet in three or four ``recv`` calls of one or two bytes (type, length,
+    body), and aiomqtt lets it read one packet per readable event: every message cost a turn
+    of the event loop and four system calls. This wrapper reads whatever the kernel holds (up
+    to 64 KiB) in one call and serves paho's small reads from it; ``pending()`` (which aiomqtt
+    already asks for TLS sockets) makes aiomqtt's reader keep paho reading until the buffer is
+    empty, so a burst of messages is taken in one turn. Everything else goes to the socket.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def recv(self, bufsize: int) -> bytes:
+        """Up to ``bufsize`` bytes: from the buffer, or one large read when it is empty."""
+        if not self._buf:
+            data = self._sock.recv(65536)  # BlockingIOError and EOF (b"") go to paho as is
+            if len(data) <= bufsize:
+                return data
+            self._buf += data
+        out = bytes(self._buf[:bufsize])
+        del self._buf[:bufsize]
+        return out
+
+    def pending(self) -> int:
+        """Bytes read from the connection but not yet handed to paho (TLS layer included)."""
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) + (inner() if inner is not None else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _buffer_reads(client: aiomqtt.Client) -> None:
+    """Give paho a :class:`_BufferedReads` over its socket (plain TCP or TLS only; paho's
+    websocket wrapper buffers on its own)."""
+    paho = client._client
+    sock = paho._sock
+    if isinstance(sock, socket.socket):
+        paho._sock = _BufferedReads(sock)
 
 
 def _cut(client: aiomqtt.Client) -> None:

@@ -48,7 +48,7 @@ from devices.lights import (
     encode,
 )
 from devices.mqtt import LinkDown, MqttLink
-from schedules.evaluate import next_change_after
+from schedules.evaluate import GroupSchedule, next_change_after
 from schedules.model import Override
 
 __all__ = ["LightingService", "LightingStats"]
@@ -106,6 +106,9 @@ class LightingService:
         self._wake = asyncio.Event()
         self._announce = False
         self._connected_mono: float | None = None
+        #: The last instant (clock's monotonic) at which the link's inbox was seen empty: the
+        #: retry deadlines are judged then (see LightingCore.plan's ``as_of``).
+        self._drained_mono: float | None = None
         self._last_levels: dict[str, tuple[float, str]] = {}
         self._last_summary = float("-inf")
         self._last_summary_text = ""
@@ -116,6 +119,8 @@ class LightingService:
         #: (schedule generation, next transition, computed at): see :meth:`_next_change`.
         self._next_cache: tuple[int, dt.datetime | None, dt.datetime] | None = None
         self._schedule_gen = 0
+        #: group → (its schedule object, next transition, computed at): see _group_next_change.
+        self._next_by_group: dict[str, tuple[GroupSchedule, dt.datetime | None, dt.datetime]] = {}
         self._wake_timer: asyncio.TimerHandle | None = None
         #: Where node states, faults and group summaries are recorded (``docs/telemetry.md``);
         #: None records nothing.
@@ -210,8 +215,15 @@ class LightingService:
         announce, self._announce = self._announce, False
         self.stats.steps += 1
         self.fanout.expire(time.monotonic())
+        if self.link.inbox_empty():
+            self._drained_mono = mono
         cmds, retries = self.core.plan(
-            now, mono, refresh_s=lt.refresh_s, retry_after_s=lt.retry_after_s, announce=announce
+            now,
+            mono,
+            refresh_s=lt.refresh_s,
+            retry_after_s=lt.retry_after_s,
+            announce=announce,
+            as_of=self._drained_mono,
         )
         if not self.link.connected:
             # Nothing can be sent; the next connect re-announces what is wanted then.
@@ -458,10 +470,25 @@ class LightingService:
     def _compute_next_change(self, now: dt.datetime) -> dt.datetime | None:
         nxt: dt.datetime | None = None
         for g in self.cfg.lighting.groups:
-            t = next_change_after(self.core.schedule(g.id), now)
+            t = self._group_next_change(g.id, now)
             if t is not None and (nxt is None or t < nxt):
                 nxt = t
         return nxt
+
+    def _group_next_change(self, group: str, now: dt.datetime) -> dt.datetime | None:
+        # Per group too: an override set through the API changes one group's schedule, and
+        # the core keeps the schedule objects of the others, so only that one is worked out.
+        gs = self.core.schedule(group)
+        cached = self._next_by_group.get(group)
+        if cached is not None and cached[0] is gs:
+            _, value, computed = cached
+            if value is not None and computed <= now < value:
+                return value
+            if value is None and computed <= now < computed + dt.timedelta(hours=1):
+                return None
+        value = next_change_after(gs, now)
+        self._next_by_group[group] = (gs, value, now)
+        return value
 
     # -- inputs -----------------------------------------------------------------------------
     def _on_node_message(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -500,6 +527,9 @@ class LightingService:
                 if self.telemetry is not None and state != prev:
                     # The same state again is a retained copy (a reconnect): recorded once.
                     self._record_state(state)
+                if self.link.inbox_empty():
+                    # Every acknowledgement that had arrived by now has been read.
+                    self._drained_mono = mono
             elif leaf == "availability":
                 text = payload.decode("utf-8", "replace").strip()
                 if text not in (ONLINE, OFFLINE):

@@ -131,9 +131,15 @@ class IntersectionControl:
         occupancy_raw: int | None,
         presence: bool,
         now: float,
+        *,
+        sent: float | None = None,
     ) -> None:
-        """One read of a cabinet detector channel (16-bit wrapping registers, see devices)."""
-        self.detectors.update_loop(channel, count_raw, occupancy_raw, presence, now)
+        """One read of a cabinet detector channel (16-bit wrapping registers, see devices).
+
+        Answered at ``now``, asked for at ``sent`` (default ``now``; see
+        :meth:`~controller.signals.detectors.DetectorBank.update_loop`).
+        """
+        self.detectors.update_loop(channel, count_raw, occupancy_raw, presence, now, sent=sent)
 
     def camera_reading(
         self, detector: str, count: int, queue: int, interval_s: float, now: float
@@ -170,6 +176,17 @@ class IntersectionControl:
         self.output = out
         self._sync_engine_stats()
         return ControlStep(now, out, strategy.name, request, violations)
+
+    def confirm(self, t: float) -> None:
+        """The latest output reached the heads no later than ``t`` (the write was acknowledged).
+
+        Engine and monitor both time the output's changes from ``t`` instead of the step's
+        ``now`` (:meth:`~controller.signals.engine.PhaseEngine.confirm`): a step that ran late,
+        or a write that took long, never shortens a clearance or an all-red on the heads.
+        """
+        self.engine.confirm(t)
+        self.monitor.confirm(t)
+        self.output = self.engine.output
 
     def restart(self, now: float, reason: str = "") -> None:
         """Start again from an all-red start-up: after a flash, a cabinet resynchronisation.

@@ -98,6 +98,10 @@ class DetectorSettings:
     chatter_window_s: float = 10.0
     recover_after_s: float = 300.0
     """A FAILED detector recovers after behaving sanely this long."""
+    diagnose_every_s: float = 1.0
+    """The time-based judgements (silent, stuck, stale, recovered: minutes each) are made at
+    most this often per detector; an erratic reading or a presence edge is judged at once.
+    Judging every detector at every read cost more than the rest of a signal step."""
     saturation_vph_per_lane: float = 1800.0
     count_slack: int = 2
     """Counts a read may show beyond 1.5 × saturation flow before it is erratic."""
@@ -197,6 +201,8 @@ class _Detector:
         self.count = 0
         self.occupied_s = 0.0
         self.last_read: float | None = None
+        self.last_sent: float | None = None  # when the latest read was asked for
+        self.occ_sent: float | None = None  # ... the latest read that carried occupancy
         self.presence = False
         self.presence_since: float | None = None
         self.last_on = -math.inf  # last time it was occupied or counted
@@ -206,6 +212,8 @@ class _Detector:
         self.erratic: deque[float] = deque()
         self.garbage = 0
         self.erratic_total = 0
+        self.diagnosed_t = -math.inf  # when _diagnose last judged it
+        self.news = False  # an erratic reading or a presence edge not judged yet
         self.fault: FaultKind | None = None
         self.fault_since = 0.0
         self.fault_detail = ""
@@ -253,11 +261,15 @@ class DetectorBank:
         self._dets: dict[str, _Detector] = {}
         self._by_channel: dict[int, _Detector] = {}
         self._by_group: list[list[_Detector]] = [[] for _ in x.groups]
+        self._loops_of: list[list[_Detector]] = [[] for _ in x.groups]
+        self._cams_of: list[list[_Detector]] = [[] for _ in x.groups]
+        self._others_of: list[list[_Detector]] = [[] for _ in x.groups]
         for d in x.config.detectors:
             gi = x.index[d.group]
             det = _Detector(d.id, d.kind, gi, x.groups[gi].lanes, d.distance_m)
             self._dets[d.id] = det
             self._by_group[gi].append(det)
+            self._kind_of(gi, det).append(det)
             if d.channel is not None:
                 self._by_channel[d.channel] = det
         self._recall = {x.index[g] for g in x.config.strategy.recall if g in x.index}
@@ -294,11 +306,17 @@ class DetectorBank:
         now: float,
         *,
         occupied_s: float | None = None,
+        sent: float | None = None,
     ) -> None:
-        """One read of a cabinet channel.
+        """One read of a cabinet channel, answered at ``now``.
 
         ``count_raw`` is the 16-bit wrapping actuation counter, ``occupied_raw`` the 16-bit
-        wrapping occupancy in 0.1 s (or pass the cumulative ``occupied_s`` instead).
+        wrapping occupancy in 0.1 s (or pass the cumulative ``occupied_s`` instead). ``sent``
+        is when the read was asked for (default ``now``): the cabinet took its values
+        somewhere in between, so what it counted since the previous read can span up to
+        ``now`` minus the previous read's ``sent`` — the plausibility limits use that span,
+        so that a loaded controller whose reads are answered late does not call its
+        detectors erratic.
         """
         self._started(now)
         self._t = max(self._t, now)
@@ -306,8 +324,38 @@ class DetectorBank:
         if det is None:
             self._unknown_channels += 1
             return
+        if (
+            occupied_s is None
+            and type(count_raw) is int
+            and count_raw == det.raw_count
+            and (
+                occupied_raw is None
+                or (
+                    det.raw_occ is not None
+                    and type(occupied_raw) is int
+                    and occupied_raw == det.raw_occ
+                )
+            )
+            and presence is det.presence
+        ):
+            # Nothing changed since the previous read (most reads, at 10 Hz): what the full
+            # path below would do with zero counts and zero occupancy, without the arithmetic.
+            det.last_read = now
+            det.last_sent = now if sent is None else min(sent, now)
+            if occupied_raw is not None:
+                det.occ_sent = det.last_sent
+            self._presence(det, presence, now)
+            self._diagnose(det, now)
+            return
         dt = None if det.last_read is None else max(0.0, now - det.last_read)
+        # The longest the cabinet can have counted since its previous answer (see above).
+        span = None if det.last_sent is None else max(0.0, now - det.last_sent)
+        # Occupancy may come with fewer reads than the counts (it is cumulative): its own span.
+        occ_span = None if det.occ_sent is None else max(0.0, now - det.occ_sent)
         det.last_read = now
+        det.last_sent = now if sent is None else min(sent, now)
+        if occupied_s is not None or occupied_raw is not None:
+            det.occ_sent = det.last_sent
         # -- counts
         counted = 0
         if not _is_u16(count_raw):
@@ -321,7 +369,7 @@ class DetectorBank:
             step = (int(count_raw) - det.raw_count) % _WRAP
             det.raw_count = int(count_raw)
             if step:
-                if step >= _HALF or step > self._max_counts(det, dt or 0.0):
+                if step >= _HALF or step > self._max_counts(det, span or 0.0):
                     self._bad(det, now, garbage=False)
                 else:
                     counted = step
@@ -330,9 +378,9 @@ class DetectorBank:
             if not _is_num(occupied_s) or occupied_s < 0:
                 self._bad(det, now, garbage=True)
             else:
-                if det.occ_s is not None and dt is not None:
+                if det.occ_s is not None and occ_span is not None:
                     grow = occupied_s - det.occ_s
-                    if grow < -1e-6 or grow > dt * 1.1 + 0.2:
+                    if grow < -1e-6 or grow > occ_span * 1.1 + 0.2:
                         self._bad(det, now, garbage=True)
                     else:
                         det.occupied_s += max(0.0, grow)
@@ -341,9 +389,9 @@ class DetectorBank:
             if not _is_u16(occupied_raw):
                 self._bad(det, now, garbage=True)
             else:
-                if det.raw_occ is not None and dt is not None:
+                if det.raw_occ is not None and occ_span is not None:
                     grow = ((int(occupied_raw) - det.raw_occ) % _WRAP) / 10.0
-                    if grow > dt * 1.1 + 0.2:
+                    if grow > occ_span * 1.1 + 0.2:
                         self._bad(det, now, garbage=True)
                     else:
                         det.occupied_s += grow
@@ -378,6 +426,7 @@ class DetectorBank:
                 det.created = now
                 self._dets[det.id] = det
                 self._by_group[gi].append(det)
+                self._cams_of[gi].append(det)
         if det is None or det.kind is not DetectorKind.CAMERA:
             self._unknown_cameras += 1
             return
@@ -495,6 +544,7 @@ class DetectorBank:
             det.garbage += 1
         det.erratic_total += 1
         det.erratic.append(now)
+        det.news = True
 
     def _presence(self, det: _Detector, on: bool, now: float) -> None:
         g = self._groups[det.gidx]
@@ -504,6 +554,7 @@ class DetectorBank:
             if not det.presence:
                 det.presence_since = now
                 det.edges.append(now)
+                det.news = True
                 if det.kind is DetectorKind.PUSHBUTTON and not g.green:
                     self._press(g, now)
         else:
@@ -581,24 +632,30 @@ class DetectorBank:
             return 0.0
         return g.w_count * decay / w_time * 3600.0
 
+    def _kind_of(self, gi: int, det: _Detector) -> list[_Detector]:
+        """The per-group list a detector belongs in, by kind (kept so that the per-step views
+        do not filter every group's detectors by kind again)."""
+        if det.kind is DetectorKind.CAMERA:
+            return self._cams_of[gi]
+        if det.kind in (DetectorKind.STOPLINE, DetectorKind.UPSTREAM):
+            return self._loops_of[gi]
+        return self._others_of[gi]
+
     def _cameras(self, gi: int, now: float) -> list[_Detector]:
         """The group's camera zones with a fresh message."""
         f = self.settings.camera_fresh_factor
         return [
             d
-            for d in self._by_group[gi]
-            if d.kind is DetectorKind.CAMERA
-            and d.cam_t is not None
-            and not d.failed
-            and now - d.cam_t <= f * d.cam_interval + 1e-9
+            for d in self._cams_of[gi]
+            if d.cam_t is not None and not d.failed and now - d.cam_t <= f * d.cam_interval + 1e-9
         ]
 
     def _measured(self, gi: int, now: float) -> tuple[bool, bool]:
         """Whether a vehicle group's arrivals and departures are measured (or only modelled)."""
-        dets = self._by_group[gi]
-        cams = bool(self._cameras(gi, now))
-        arr = cams or any(d.kind is DetectorKind.UPSTREAM and not d.failed for d in dets)
-        dep = cams or any(d.kind is DetectorKind.STOPLINE and not d.failed for d in dets)
+        loops = self._loops_of[gi]
+        cams = bool(self._cams_of[gi]) and bool(self._cameras(gi, now))
+        arr = cams or any(d.kind is DetectorKind.UPSTREAM and not d.failed for d in loops)
+        dep = cams or any(d.kind is DetectorKind.STOPLINE and not d.failed for d in loops)
         return arr, dep
 
     def _advance_model(self, gi: int, now: float) -> None:
@@ -618,6 +675,10 @@ class DetectorBank:
 
     def _diagnose(self, det: _Detector, now: float) -> None:
         s = self.settings
+        if not det.news and now - det.diagnosed_t < s.diagnose_every_s:
+            return
+        det.news = False
+        det.diagnosed_t = now
         while det.erratic and det.erratic[0] < now - s.erratic_window_s:
             det.erratic.popleft()
         while det.edges and det.edges[0] < now - s.chatter_window_s:
@@ -722,7 +783,7 @@ class DetectorBank:
         while g.transit and g.transit[0] <= now:
             g.transit.popleft()
             g.queue += 1.0
-        loops = [d for d in dets if d.kind in (DetectorKind.STOPLINE, DetectorKind.UPSTREAM)]
+        loops = self._loops_of[gi]
         healthy = [d for d in loops if not d.failed]
         stops = [d for d in healthy if d.kind is DetectorKind.STOPLINE]
         ups = [d for d in healthy if d.kind is DetectorKind.UPSTREAM]

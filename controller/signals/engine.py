@@ -42,6 +42,9 @@ The rules, in the order they bite:
   already have run, which only lengthens it), and every red group ended its clearance at the
   adoption (the all-red and intergreen to a conflicting group count from there). The first
   transition out of the stage is an ordinary one, with the model's full clearances.
+* **Confirmation** — :meth:`PhaseEngine.confirm` moves the changes of the latest output from
+  the step's ``now`` to the moment the cabinet acknowledged them, so that a write that reached
+  the heads late never shortens the clearance or all-red that follows it.
 
 Requests are *level-triggered*: the latest valid request stands until the next one (a strategy
 states what it wants at every step). A request naming an unknown stage or an unknown crossing
@@ -340,6 +343,34 @@ class PhaseEngine:
         self._walk = frozenset(walk)
         self._served = set(self._peds_of[stage])
         self._out = self._build(now)
+
+    def confirm(self, t: float) -> None:
+        """The latest output reached the heads no later than ``t``: time its changes from there.
+
+        The step decided at its ``now``, but a cabinet sees a change only when the write
+        arrives, which under load can be long after — and a later write may arrive promptly.
+        Timed from the decision, a clearance or an all-red would then look short to the
+        cabinet's monitor. Timed from the acknowledgement ``t`` (the cabinet applied the write
+        before it answered), every interval the cabinet measures is at least the one timed
+        here: the next change is decided at or after its minimum counted from ``t`` and
+        arrives later still. Only what changed at the latest step moves (every time stamped
+        with its ``now``), always later, so every minimum can only grow. Raises ``ValueError``
+        when ``t`` is not a finite time at or after the latest step; nothing changes then.
+        """
+        was = self._now
+        if not math.isfinite(t) or t < was:
+            raise ValueError(f"t: {t!r} is not a time at or after the latest step {was!r}")
+        if t == was:
+            return
+        self._green_since = [t if v == was else v for v in self._green_since]
+        self._green_end = [t if v == was else v for v in self._green_end]
+        self._red_since = [t if v == was else v for v in self._red_since]
+        if self._stage_green_t == was:
+            self._stage_green_t = t
+        if self._startup_t0 == was:
+            self._startup_t0 = t
+        self._now = t
+        self._out = self._build(t)
 
     def enter_flash(self, now: float, reason: str) -> None:
         """Vehicles FLASH_YELLOW, pedestrians DARK, at once, until :meth:`leave_flash`."""

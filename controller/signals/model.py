@@ -332,7 +332,26 @@ class SignalsSettings(_Strict):
     heartbeat_timeout_s: float = Field(
         default=2.0, ge=0.5, le=30, description="Cabinet falls back after this."
     )
+    refresh_s: float = Field(
+        default=0.5,
+        ge=0.01,
+        le=10,
+        description=(
+            "A step whose outputs equal the last ones written sends them again (with the next "
+            "heartbeat) only this often; a change is written at once. At most a third of "
+            "heartbeat_timeout_s."
+        ),
+    )
     intersections: list[IntersectionConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _refresh_within_timeout(self) -> SignalsSettings:
+        if self.refresh_s > self.heartbeat_timeout_s / 3:
+            raise ValueError(
+                f"refresh_s: {self.refresh_s:g} s is more than a third of heartbeat_timeout_s "
+                f"({self.heartbeat_timeout_s:g} s): one lost write would stop the heartbeat"
+            )
+        return self
 
 
 # -- the derived model -----------------------------------------------------------------------

@@ -32,7 +32,8 @@ rules allow — the greens started then, the reds ended their clearance then —
 later output is judged against minima that the real, longer history can only exceed.
 
 Times are the ``now`` of each check; a change is taken to happen at the first output that
-shows it.
+shows it — or, once :meth:`SafetyMonitor.confirm` says when the cabinet acknowledged that
+output, at that moment (the latest it can have reached the heads).
 """
 
 from __future__ import annotations
@@ -186,6 +187,34 @@ class SafetyMonitor:
                 self._green_end[i] = now - self._clearance[i]
         self._last_t = now
         self.checks += 1
+
+    def confirm(self, t: float) -> None:
+        """The latest output checked reached the heads no later than ``t``: changes start there.
+
+        The counterpart of :meth:`~controller.signals.engine.PhaseEngine.confirm`, kept with
+        this monitor's own history: every change stamped with the latest check's time moves
+        to ``t``. The next change is then judged from ``t``, the latest moment the cabinet can
+        have shown this one, and from its own check time, the earliest it can show the next:
+        an output this monitor passes is one the cabinet's monitor cannot see as short.
+        Raises ``ValueError`` for a ``t`` before the latest check; nothing changes then.
+        """
+        was = self._last_t
+        if not math.isfinite(t) or t < was:
+            raise ValueError(f"t: {t!r} is not a time at or after the latest check {was!r}")
+        if t == was:
+            return
+
+        def move(v: list[float | None]) -> list[float | None]:
+            return [t if x == was else x for x in v]
+
+        self._green_on = move(self._green_on)
+        self._clear_on = move(self._clear_on)
+        self._red_on = move(self._red_on)
+        self._green_end = [t if x == was else x for x in self._green_end]
+        self._clear_end = [t if x == was else x for x in self._clear_end]
+        if self._all_red_since == was:
+            self._all_red_since = t
+        self._last_t = t
 
     def check(self, now: float, signals: Sequence[int]) -> list[Violation]:
         """Check one output shown from ``now`` on; returns what it breaks (and counts it)."""

@@ -1,9 +1,12 @@
 """Where the control loops hand their telemetry: a small :class:`Recorder` interface.
 
 The loops call :meth:`Recorder.record` and never wait: the :class:`Telemetry` recorder turns the
-point into line protocol at once and commits everything recorded in one turn of the event loop
-to the on-disk outbox in one transaction, right after that turn (``loop.call_soon``). So a point
-is on disk before the loop handles the next message, and a crash loses nothing that was recorded.
+point into line protocol at once and commits everything recorded within ``commit_every_s`` (by
+default 50 ms) to the on-disk outbox in one transaction (``loop.call_later``). So a point is on
+disk at most ``commit_every_s`` after it was recorded, and a crash loses at most the points of
+that last window. One transaction per message cost 10 % of the controller's busy time with
+10,000 light nodes (paho reads one packet per event-loop turn, so a turn is one message);
+``commit_every_s=0`` commits after every turn (``loop.call_soon``), the old behaviour.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class _Sink(Protocol):
 
 
 class Telemetry:
-    """The production recorder: line protocol into an outbox, committed once per loop turn.
+    """The production recorder: line protocol into an outbox, committed once per ``commit_every_s``.
 
     ``now`` gives seconds since the epoch (the controller's clock, so a demo on a scaled clock
     records simulated time). Within one series timestamps are made strictly increasing — a
@@ -64,13 +67,28 @@ class Telemetry:
     and with it a replayed batch still collapses onto the points it repeats.
     """
 
-    def __init__(self, sink: _Sink, now: Callable[[], float], *, max_series: int = 200_000) -> None:
+    #: Pending points that trigger a commit at once, whatever the window: bounds memory and the
+    #: size of one transaction when a burst comes.
+    MAX_PENDING = 5000
+
+    def __init__(
+        self,
+        sink: _Sink,
+        now: Callable[[], float],
+        *,
+        max_series: int = 200_000,
+        commit_every_s: float = 0.05,
+    ) -> None:
+        if not commit_every_s >= 0.0:  # also refuses NaN
+            raise ValueError(f"commit_every_s must be ≥ 0 s, got {commit_every_s!r}")
         self.sink = sink
         self.now = now
+        self.commit_every_s = commit_every_s
         self.stats = RecorderStats()
         self.drops = DropCounter(log, "telemetry point")
         self._pending: list[tuple[int, str]] = []
         self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
         self._last_ts: dict[str, int] = {}
         self._max_series = max_series
 
@@ -101,7 +119,10 @@ class Telemetry:
         self._last_ts[key] = ts
         self._pending.append((ts, line))
         self.stats.recorded += 1
-        self._schedule_flush()
+        if len(self._pending) >= self.MAX_PENDING:
+            self.flush()
+        else:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         if self._flush_scheduled:
@@ -111,12 +132,18 @@ class Telemetry:
         except RuntimeError:
             self.flush()  # no loop (CLI, benches): commit at once
             return
+        if self.commit_every_s > 0:
+            self._flush_handle = loop.call_later(self.commit_every_s, self.flush)
+        else:
+            self._flush_handle = loop.call_soon(self.flush)
         self._flush_scheduled = True
-        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Commit what is pending to the sink now (also called at shutdown)."""
         self._flush_scheduled = False
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()  # called early (a burst, shutdown): the timer has nothing to do
         if not self._pending:
             return
         rows, self._pending = self._pending, []

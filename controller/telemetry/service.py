@@ -72,7 +72,7 @@ class TelemetryService:
             max_age_ms=int(ob.max_age_h * 3_600_000),
             keep_sent_ms=int(ob.keep_sent_h * 3_600_000),
         )
-        self.recorder = Telemetry(self, now)
+        self.recorder = Telemetry(self, now, commit_every_s=ob.commit_every_s)
         self.sender: Sender | None = None
         self._own_writer: InfluxWriter | None = None
         if cfg.influx is not None or writer is not None:
@@ -114,7 +114,7 @@ class TelemetryService:
 
     # -- the recorder's sink ----------------------------------------------------------------
     def append(self, rows: Sequence[tuple[int, str]]) -> None:
-        """Commit rows to the outbox (the recorder calls this once per loop turn)."""
+        """Commit rows to the outbox (the recorder calls this once per commit window)."""
         if self._closed:
             # A task torn down after the telemetry stopped (a swallowed cancellation lets a
             # last step finish): nothing can take the rows now. Counted, said once.

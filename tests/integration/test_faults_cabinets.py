@@ -234,7 +234,14 @@ async def test_modbus_tcp_path_cut_and_restored(mode: CutMode) -> None:
         # The watchdog fires at its 2 s timeout (the cabinet's loop wakes at the deadline).
         assert 2.0 - 1e-3 <= watchdog <= 2.3, watchdog
         assert fell_back <= 2.3, fell_back
-        await wait_for(lambda: r.sync == "down" and "cabinet_down" in r.alarms, 4)
+        # (Waits on the 50 ms samples, not on the runner: the sample showing it may lag.)
+        await wait_for(
+            lambda: (
+                any(s.t >= cut_mono and s.sync == "down" for s in b.samples)
+                and any(s.t >= cut_mono and "cabinet_down" in s.alarms for s in b.samples)
+            ),
+            4,
+        )
         down_at = next(s.t for s in b.samples if s.t >= cut_mono and s.sync == "down")
         alarm_at = next(s.t for s in b.samples if s.t >= cut_mono and "cabinet_down" in s.alarms)
         # The link gives up after 3 failed requests (0.5 s timeout each, or refused at once).

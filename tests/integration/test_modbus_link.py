@@ -119,3 +119,27 @@ async def test_a_bad_register_is_a_decode_error_not_a_link_failure() -> None:
     finally:
         await link.close()
         await cab.stop()
+
+
+async def test_occupancy_is_read_with_every_nth_poll_and_nothing_is_lost() -> None:
+    """One request per poll, two with every ``occupancy_every``-th: the occupancy registers
+    are cumulative, so what a skipped poll did not read the next full one has."""
+    async with SimulatedCabinet(SPEC, "127.0.0.1", 0) as cab:
+        cab.inject_stuck_detector(0)  # presence on: occupancy grows 1 s per second
+        link = CabinetLink("127.0.0.1", cab.port, 1, n_groups=2, n_channels=4, occupancy_every=3)
+        try:
+            reads_before = cab.stats.reads
+            seen: list[int | None] = []
+            for _ in range(7):
+                status = await link.read_status()
+                seen.append(status.detectors[0].occupancy)
+                await asyncio.sleep(0.1)
+            assert [v is not None for v in seen] == [True, False, False, True, False, False, True]
+            assert cab.stats.reads - reads_before == 7 + 3  # one request each, a second for 3
+            first, last = seen[0], seen[6]
+            assert first is not None and last is not None
+            assert 0.4 <= (last - first) / 10 <= 1.5  # ~0.6 s of presence, all of it counted
+            with pytest.raises(ValueError, match="occupancy_every must be at least 1"):
+                CabinetLink("127.0.0.1", cab.port, 1, n_groups=2, occupancy_every=0)
+        finally:
+            await link.close()

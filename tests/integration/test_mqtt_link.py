@@ -225,3 +225,73 @@ async def test_abort_before_the_connection_is_up_keeps_the_link_down(
     assert not node.connected and node.stats.connects <= 1
     node.resume()
     assert await node.wait_connected(5)
+
+
+async def test_inbox_empty_says_whether_messages_wait_unread(
+    harness: Harness, mqtt_prefix: str
+) -> None:
+    got: list[bytes] = []
+    release = asyncio.Event()
+
+    async def slow(topic: str, payload: bytes, retained: bool) -> None:
+        got.append(payload)
+        if payload == b"0":
+            await release.wait()  # the first message holds up the dispatch of the others
+
+    sub = harness.link("sub")
+    sub.subscribe(f"{mqtt_prefix}/in", slow)
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    assert sub.inbox_empty()
+    for i in range(20):
+        await pub.publish(f"{mqtt_prefix}/in", str(i).encode(), qos=1)
+    await wait_for(lambda: got, 3, what="the first message")
+
+    async def backlog() -> bool:
+        return not sub.inbox_empty()
+
+    await wait_for(backlog, 3, interval=0.02, what="the 19 others waiting in the inbox")
+    assert got == [b"0"]
+    release.set()
+    await wait_for(lambda: len(got) == 20, 3, what="all 20 handled")
+    assert sub.inbox_empty()
+
+
+async def test_a_burst_larger_than_one_read_arrives_whole_and_in_order(
+    harness: Harness, mqtt_prefix: str
+) -> None:
+    # 400 messages of 1 kB: several 64 KiB reads, packets cut at their edges.
+    got, handler = collector()
+    sub = harness.link("sub")
+    sub.subscribe(f"{mqtt_prefix}/burst", handler)
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    sent = [f"{i:04d}".encode() * 250 for i in range(400)]
+    await asyncio.gather(*(pub.publish(f"{mqtt_prefix}/burst", p, qos=1) for p in sent))
+    await wait_for(lambda: len(got) >= 400, 10, what="all 400 messages")
+    assert [p for _, p, _ in got] == sent
+    assert sub.inbox_empty()
+
+
+def test_buffered_reads_serve_small_reads_from_one_large_one() -> None:
+    import socket
+
+    from devices.mqtt import _BufferedReads
+
+    a, b = socket.socketpair()
+    try:
+        b.setblocking(False)
+        reads = _BufferedReads(b)
+        with pytest.raises(BlockingIOError):
+            reads.recv(1)  # nothing there: paho's "try again later"
+        a.sendall(b"\x30\x05hello\x30\x03abc")
+        assert reads.recv(1) == b"\x30" and reads.pending() == 11
+        assert reads.recv(1) == b"\x05" and reads.recv(5) == b"hello"
+        assert reads.recv(100) == b"\x30\x03abc" and reads.pending() == 0
+        a.sendall(b"xy")
+        assert reads.recv(2) == b"xy"  # fits: handed over without buffering
+        a.close()
+        assert reads.recv(1) == b""  # end of the connection, as from the socket itself
+        assert reads.fileno() == b.fileno()  # everything else is the socket's
+    finally:
+        b.close()

@@ -16,7 +16,6 @@ from devices.cabinet import (
     CabinetStatus,
     Command,
     DetectorReading,
-    DetectorTracker,
     FaultCode,
     RegisterError,
     SignalCode,
@@ -237,42 +236,3 @@ def test_uncommitted_frame() -> None:
 
 
 # -- detector deltas ------------------------------------------------------------------------
-
-
-def _with_detectors(*readings: tuple[int, int, bool], uptime: int = 100) -> CabinetStatus:
-    return _status(
-        n_channels=len(readings),
-        uptime_s=uptime,
-        detectors=tuple(DetectorReading(*r) for r in readings),
-    )
-
-
-def test_detector_deltas_wrap() -> None:
-    tracker = DetectorTracker()
-    first = tracker.update(_with_detectors((65530, 65530, False), (3, 0, True)), now=0.0)
-    assert [d.counts for d in first] == [0, 0]
-    second = tracker.update(_with_detectors((4, 4, True), (3, 5, True)), now=2.0)
-    assert [d.counts for d in second] == [10, 0]
-    assert second[0].occupied_s == pytest.approx(1.0)  # 65530 → 4 is 10 tenths
-    assert second[1].occupied_s == pytest.approx(0.5)
-    assert all(d.error is None for d in second)
-
-
-def test_detector_garbage_is_flagged_per_channel_and_keeps_the_baseline() -> None:
-    tracker = DetectorTracker(max_rate_hz=10)
-    tracker.update(_with_detectors((100, 50, False), (7, 0, False)), now=0.0)
-    bad = tracker.update(_with_detectors((40_000, 51, True), (8, 1, False)), now=0.1)
-    assert bad[0].error is not None and bad[0].error.register == IR.DET_COUNT
-    assert "count jumped" in bad[0].error.reason
-    assert bad[1].error is None and bad[1].counts == 1
-    occ = tracker.update(_with_detectors((101, 9_000, True), (8, 1, False)), now=0.2)
-    assert occ[0].error is not None and occ[0].error.register == IR.DET_OCCUPANCY
-    good = tracker.update(_with_detectors((103, 55, False), (9, 1, False)), now=1.0)
-    assert good[0].error is None and good[0].counts == 3  # against the last good baseline
-
-
-def test_detector_tracker_resets_on_cabinet_restart() -> None:
-    tracker = DetectorTracker()
-    tracker.update(_with_detectors((5000, 5000, False), uptime=900), now=0.0)
-    after = tracker.update(_with_detectors((2, 1, False), uptime=3), now=0.1)
-    assert after[0].error is None and after[0].counts == 0

@@ -130,6 +130,11 @@ def test_errors_carry_line_numbers() -> None:
         ),
         (lambda d: d["lighting"].update(refresh_s=600), "lighting", "at most a third"),
         (
+            lambda d: d["signals"].update(refresh_s=1.0),
+            "signals",
+            "refresh_s: 1 s is more than a third of heartbeat_timeout_s",
+        ),
+        (
             lambda d: d["lighting"]["calendars"][0]["rules"][0].update(program="fest"),
             "lighting.calendars[0].rules[0].program",
             "unknown program",

@@ -60,8 +60,13 @@ NOT_AN_INT: Any = math.nan  # what a broken feed may pass where an int belongs
 
 
 def quiet(**changes: Any) -> DetectorSettings:
-    """Settings where only the diagnostics a test names can fire."""
+    """Settings where only the diagnostics a test names can fire, judged at every call.
+
+    (``diagnose_every_s=0``: these tests pin the rules to the exact second; the production
+    throttle has its own test below.)
+    """
     base: dict[str, Any] = {
+        "diagnose_every_s": 0.0,
         "silent_loop_s": QUIET,
         "silent_pushbutton_s": QUIET,
         "silent_camera_s": QUIET,
@@ -246,6 +251,24 @@ class Counter:
         """A jump of 1,000 (far beyond any limit) at each time: erratic."""
         for t in times:
             self.step(t, 1000)
+
+
+def test_time_based_judgements_come_at_most_a_second_late_erratic_ones_at_once() -> None:
+    """The production throttle (``diagnose_every_s`` 1 s): a stuck loop is failed within a
+    second of its threshold, at a 10 Hz read rate; a third erratic reading fails it at once."""
+    b = bank(quiet(diagnose_every_s=1.0, stuck_on_s=30.0, erratic_events=3))
+    t = 0.0
+    while not b.failed("E_L_sl"):
+        t = round(t + 0.1, 6)
+        b.update_loop(EL_SL, 0, None, True, t)
+        b.view(t)
+        assert t < 40.0
+    assert 30.0 <= t - 0.1 <= 31.0 + 1e-9, t  # on at 0.1 s: 30 s later, plus at most 1 s
+    c = Counter(b, EL_UP)
+    c.jump(40.0, 40.05)
+    assert not b.failed("E_L_up")
+    c.jump(40.1)  # judged at once, though the previous judgement was 50 ms ago
+    assert b.failed("E_L_up")
 
 
 def test_three_erratic_readings_fail_the_detector_then_it_recovers() -> None:

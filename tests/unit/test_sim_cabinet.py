@@ -1191,6 +1191,7 @@ async def _bench(
         backoff_min_s=0.05,
         backoff_max_s=0.1,
         down_after=1000,
+        occupancy_every=1,  # these tests look at the occupancy registers at every read
     )
     driver = Driver(link, spec.n_groups)
     task = asyncio.create_task(driver.run())

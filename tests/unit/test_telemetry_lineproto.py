@@ -99,16 +99,44 @@ def test_recorder_keeps_series_unique_per_millisecond_and_counts_rejects() -> No
     assert t.stats.bumped == 2
 
 
-async def test_recorder_commits_once_per_loop_turn() -> None:
+async def test_recorder_commits_once_per_loop_turn_with_no_window() -> None:
     import asyncio
 
     sink = _Sink()
-    t = Telemetry(sink, now=lambda: 1.0)
+    t = Telemetry(sink, now=lambda: 1.0, commit_every_s=0)
     for i in range(10):
         t.record("m", {"i": str(i)}, {"v": i})
     assert sink.batches == []  # not yet: after this turn of the loop
     await asyncio.sleep(0)
     assert len(sink.batches) == 1 and len(sink.batches[0]) == 10
+
+
+async def test_recorder_commits_the_points_of_a_window_in_one_batch() -> None:
+    import asyncio
+
+    sink = _Sink()
+    t = Telemetry(sink, now=lambda: 1.0, commit_every_s=0.05)
+    t.record("m", {"i": "0"}, {"v": 0})
+    for i in range(1, 5):  # spread over several turns of the loop, within the window
+        await asyncio.sleep(0.005)
+        t.record("m", {"i": str(i)}, {"v": i})
+    assert sink.batches == []
+    await asyncio.sleep(0.1)
+    assert [len(b) for b in sink.batches] == [5] and t.stats.flushes == 1
+    # A burst of MAX_PENDING goes at once, whatever the window; flush() takes the rest now.
+    for i in range(Telemetry.MAX_PENDING + 3):
+        t.record("m", {"i": "burst"}, {"v": i})
+    assert [len(b) for b in sink.batches] == [5, Telemetry.MAX_PENDING]
+    t.flush()
+    assert [len(b) for b in sink.batches] == [5, Telemetry.MAX_PENDING, 3]
+    await asyncio.sleep(0.1)  # the cancelled timer commits nothing more
+    assert len(sink.batches) == 3
+
+
+@pytest.mark.parametrize("bad", [-0.01, math.nan])
+def test_recorder_refuses_a_negative_window(bad: float) -> None:
+    with pytest.raises(ValueError, match="commit_every_s"):
+        Telemetry(_Sink(), now=lambda: 1.0, commit_every_s=bad)
 
 
 def test_memory_recorder_refuses_bad_points_loudly() -> None:

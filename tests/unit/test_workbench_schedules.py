@@ -490,6 +490,9 @@ class _Link:
     async def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         self.published.append((topic, payload))
 
+    def inbox_empty(self) -> bool:
+        return True
+
 
 def test_the_service_applies_a_new_schedule_without_a_restart(path: Path, cfg: CityConfig) -> None:
     clock = ManualClock(at("2026-11-25T23:30"))
