@@ -851,10 +851,39 @@ def _fmt_loc(loc: Iterable[int | str]) -> str:
     return out
 
 
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader when PyYAML has it (its wheels do): a city's config of 10,000 nodes
+parses in a fraction of the time and memory of the pure-Python one, and the controller's
+peak memory is set at start-up by this parse."""
+
+
+class _LazyLines(Mapping[str, int]):
+    """:func:`_yaml_lines` of a text, composed only when an issue needs a line number (the
+    node graph of a large config costs more memory than the config itself)."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._lines: dict[str, int] | None = None
+
+    def _get(self) -> dict[str, int]:
+        if self._lines is None:
+            self._lines = _yaml_lines(self._text)
+        return self._lines
+
+    def __getitem__(self, key: str) -> int:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 def _yaml_lines(text: str) -> dict[str, int]:
     """Map dotted paths to 1-based line numbers, so errors can point into the file."""
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=_SAFE_LOADER)  # a safe loader (libyaml when present)
     except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}
@@ -1211,7 +1240,7 @@ def _similar(a: str, b: str) -> bool:
 def parse_config(text: str, *, source: str = "config") -> tuple[CityConfig, list[ConfigIssue]]:
     """Parse YAML text; returns the config and its warnings, raises ConfigError on any error."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # a safe loader (libyaml when present)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -1220,7 +1249,7 @@ def parse_config(text: str, *, source: str = "config") -> tuple[CityConfig, list
         raise ConfigError(
             [ConfigIssue(source, "the file must be a mapping with site, mqtt, lighting …")]
         )
-    lines = _yaml_lines(text)
+    lines = _LazyLines(text)
     site = data.get("site")
     _localise_overrides(data, site.get("timezone") if isinstance(site, dict) else None)
     return validate_data(data, source=source, lines=lines)
@@ -1235,7 +1264,7 @@ def validate_data(
     dotted paths, names that refer to each other, schedule sanity. Returns the config and its
     warnings; raises :class:`ConfigError` on any error. ``lines`` maps paths to line numbers.
     """
-    lines = lines or {}
+    lines = lines if lines is not None else {}
     try:
         cfg = CityConfig.model_validate(data)
     except ValidationError as exc:

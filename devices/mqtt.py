@@ -411,13 +411,16 @@ def _no_delay(client: aiomqtt.Client) -> None:
             setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_READ_CHUNK = 8192
+
+
 class _BufferedReads:
     """paho's socket, read in large chunks.
 
     paho reads a packet in three or four ``recv`` calls of one or two bytes (type, length,
     body), and aiomqtt lets it read one packet per readable event: every message cost a turn
     of the event loop and four system calls. This wrapper reads whatever the kernel holds (up
-    to 64 KiB) in one call and serves paho's small reads from it; ``pending()`` (which aiomqtt
+    to 8 KiB) in one call and serves paho's small reads from it; ``pending()`` (which aiomqtt
     already asks for TLS sockets) makes aiomqtt's reader keep paho reading until the buffer is
     empty, so a burst of messages is taken in one turn. Everything else goes to the socket.
     """
@@ -429,7 +432,10 @@ class _BufferedReads:
     def recv(self, bufsize: int) -> bytes:
         """Up to ``bufsize`` bytes: from the buffer, or one large read when it is empty."""
         if not self._buf:
-            data = self._sock.recv(65536)  # BlockingIOError and EOF (b"") go to paho as is
+            # 8 KiB (about a hundred states) per event-loop turn at most: 64 KiB made one turn
+            # of paho's handling block the loop for a third of a second under load, and the
+            # signal steps waited behind it.
+            data = self._sock.recv(_READ_CHUNK)  # BlockingIOError and EOF (b"") go to paho as is
             if len(data) <= bufsize:
                 return data
             self._buf += data

@@ -189,6 +189,40 @@ class TrafficView:
 class _Detector:
     """State and diagnostics of one detector (loop, push button or camera zone)."""
 
+    __slots__ = (
+        "id",
+        "kind",
+        "gidx",
+        "lanes",
+        "distance_m",
+        "raw_count",
+        "raw_occ",
+        "occ_s",
+        "count",
+        "occupied_s",
+        "last_read",
+        "last_sent",
+        "occ_sent",
+        "presence",
+        "presence_since",
+        "last_on",
+        "last_activity",
+        "created",
+        "edges",
+        "erratic",
+        "garbage",
+        "erratic_total",
+        "diagnosed_t",
+        "news",
+        "fault",
+        "fault_since",
+        "fault_detail",
+        "sane_since",
+        "cam_queue",
+        "cam_t",
+        "cam_interval",
+    )
+
     def __init__(self, did: str, kind: DetectorKind, gidx: int, lanes: int, dist: float) -> None:
         self.id = did
         self.kind = kind
@@ -229,6 +263,27 @@ class _Detector:
 
 
 class _GroupState:
+    __slots__ = (
+        "kind",
+        "lanes",
+        "speed",
+        "green",
+        "green_since",
+        "red_since",
+        "latched",
+        "call_since",
+        "queue",
+        "transit",
+        "last_eta",
+        "presses",
+        "w_count",
+        "w_time",
+        "rate_t",
+        "stop_clear_since",
+        "up_on_since",
+        "model_t",
+    )
+
     def __init__(self, kind: GroupKind, lanes: int, speed_kmh: float) -> None:
         self.kind = kind
         self.lanes = lanes
