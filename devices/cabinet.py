@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 __all__ = [
     "CLEARANCE_CODES",
@@ -225,11 +225,15 @@ def next_heartbeat(heartbeat: int) -> int:
 # -- status (input registers) ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class DetectorReading:
-    """One detector channel as the cabinet reports it (cumulative, 16-bit wrapping)."""
+class DetectorReading(NamedTuple):
+    """One detector channel as the cabinet reports it (cumulative, 16-bit wrapping).
 
-    count: int
+    Named tuples, not frozen dataclasses, for the records every poll builds (twenty readings
+    and a status, ten times a second per cabinet): as immutable, five times cheaper to build.
+    """
+
+    # Shadows tuple.count on purpose: the count is what a reading is about.
+    count: int  # type: ignore[assignment]
     occupancy: int | None  # cumulative occupied time, 0.1 s units; None: not read this time
     presence: bool
 
@@ -239,8 +243,7 @@ class DetectorReading:
         return None if self.occupancy is None else self.occupancy / 10
 
 
-@dataclass(frozen=True)
-class CabinetStatus:
+class CabinetStatus(NamedTuple):
     """Everything a poll reads from the input registers, validated."""
 
     n_groups: int
@@ -346,6 +349,7 @@ def decode_status(
     n_channels: int | None = None,
     *,
     occupancy: bool = True,
+    unpacked: bool = False,
 ) -> CabinetStatus:
     """Validate an input-register image (from address 0) into a :class:`CabinetStatus`.
 
@@ -353,10 +357,13 @@ def decode_status(
     numbers is an error (wrong cabinet or wrong config). Only the registers of
     :func:`status_spans` are looked at (without ``occupancy``, not the occupancy registers:
     every reading's ``occupancy`` is None). Any bad value raises :class:`RegisterError`.
+    ``unpacked``: the image was unpacked from Modbus frames, so every register is an int of
+    16 bits already and only the check of that is skipped (every value is still judged).
     """
     if len(registers) < IR.DET_COUNT:
         raise RegisterError(len(registers), 0, f"image too short: need at least {IR.DET_COUNT}")
-    _all_u16(registers[: IR.DET_COUNT], 0)
+    if not unpacked:
+        _all_u16(registers[: IR.DET_COUNT], 0)
     version = registers[IR.MAP_VERSION]
     if version != MAP_VERSION:
         raise RegisterError(IR.MAP_VERSION, version, f"map version {MAP_VERSION} expected")
@@ -399,11 +406,13 @@ def decode_status(
                 IR.PRESENCE + k, reg, f"presence set for a channel the cabinet lacks ({channels})"
             )
     counts = registers[IR.DET_COUNT : IR.DET_COUNT + channels]
-    _all_u16(counts, IR.DET_COUNT)
+    if not unpacked:
+        _all_u16(counts, IR.DET_COUNT)
     occ: Sequence[int | None]
     if occupancy:
         occ = registers[IR.DET_OCCUPANCY : IR.DET_OCCUPANCY + channels]
-        _all_u16(occ, IR.DET_OCCUPANCY)
+        if not unpacked:
+            _all_u16(occ, IR.DET_OCCUPANCY)
     else:
         occ = [None] * channels
     detectors = [
@@ -494,6 +503,8 @@ def _u16(register: int, value: int, *, table: str = "IR") -> int:
 
 
 def _signal(register: int, value: int, table: str) -> int:
+    if type(value) is int and value in _SIGNAL_OF:  # the common case without an enum call
+        return value
     return int(_enum(SignalCode, register, value, "unknown signal code", table=table))
 
 

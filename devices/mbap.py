@@ -21,6 +21,7 @@ nothing it sends can be trusted to belong to a request.
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Sequence
 
@@ -61,12 +62,19 @@ class ModbusExceptionResponse(ModbusError):
 
 
 class _Pending:
-    __slots__ = ("count", "function", "future")
+    __slots__ = ("count", "deadline", "function", "future")
 
-    def __init__(self, function: int, count: int, future: asyncio.Future[list[int] | None]):
+    def __init__(
+        self,
+        function: int,
+        count: int,
+        future: asyncio.Future[list[int] | None],
+        deadline: float,
+    ) -> None:
         self.function = function
         self.count = count
         self.future = future
+        self.deadline = deadline  # loop time; inf: the caller times it
 
 
 class _Protocol(asyncio.Protocol):
@@ -105,8 +113,13 @@ class MbapClient:
         await client.write_registers(0, [1, 2, 3], unit=1)
         client.close()
 
-    Calls do not time out on their own: the caller wraps them (``asyncio.timeout``) and closes
-    the client after a timeout, so that a late answer is never taken for the next request's.
+    A request given ``timeout_s`` raises :class:`TimeoutError` when no answer came within
+    it; without, the caller times it (``asyncio.timeout``). Either way a late answer is then
+    an answer to no request and closes the connection, so it is never taken for the next
+    request's. The client times its requests with one timer per connection, armed when a
+    request goes out and none is armed, re-armed for the oldest request still waiting when it
+    fires: a timer per request (``asyncio.timeout``) cost a fifth of the client's CPU per
+    request, and most answers come within a millisecond.
     """
 
     def __init__(self) -> None:
@@ -114,6 +127,7 @@ class MbapClient:
         self._pending: dict[int, _Pending] = {}
         self._tid = 0
         self._error: ModbusError | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def connect(cls, host: str, port: int, *, timeout_s: float) -> MbapClient:
@@ -143,15 +157,21 @@ class MbapClient:
         """Close the connection; outstanding requests fail with :class:`ModbusError`."""
         self._abort(ModbusError("connection closed"))
 
-    async def read_input_registers(self, address: int, count: int, *, unit: int) -> list[int]:
+    async def read_input_registers(
+        self, address: int, count: int, *, unit: int, timeout_s: float | None = None
+    ) -> list[int]:
         """Function 4: ``count`` input registers from ``address``."""
-        return await self._read(4, address, count, unit)
+        return await self._read(4, address, count, unit, timeout_s)
 
-    async def read_holding_registers(self, address: int, count: int, *, unit: int) -> list[int]:
+    async def read_holding_registers(
+        self, address: int, count: int, *, unit: int, timeout_s: float | None = None
+    ) -> list[int]:
         """Function 3: ``count`` holding registers from ``address``."""
-        return await self._read(3, address, count, unit)
+        return await self._read(3, address, count, unit, timeout_s)
 
-    async def write_registers(self, address: int, values: Sequence[int], *, unit: int) -> None:
+    async def write_registers(
+        self, address: int, values: Sequence[int], *, unit: int, timeout_s: float | None = None
+    ) -> None:
         """Function 16: write ``values`` (each 0..65535) from ``address`` in one request."""
         n = len(values)
         if not 1 <= n <= _MAX_WRITE:
@@ -163,16 +183,18 @@ class MbapClient:
             body = struct.pack(f">{n}H", *values)
         except struct.error:
             raise ValueError("values: every register holds 0..65535") from None
-        await self._send(tid, 16, n, head + body)
+        await self._send(tid, 16, n, head + body, timeout_s)
 
     # -- internals --------------------------------------------------------------------------
-    async def _read(self, function: int, address: int, count: int, unit: int) -> list[int]:
+    async def _read(
+        self, function: int, address: int, count: int, unit: int, timeout_s: float | None
+    ) -> list[int]:
         if not 1 <= count <= _MAX_READ:
             raise ValueError(f"count: {count}; one read takes 1..{_MAX_READ} registers")
         _check_address(address, count)
         tid = self._next_tid()
         result = await self._send(
-            tid, function, count, _READ.pack(tid, 0, 6, unit, function, address, count)
+            tid, function, count, _READ.pack(tid, 0, 6, unit, function, address, count), timeout_s
         )
         assert result is not None
         return result
@@ -181,19 +203,43 @@ class MbapClient:
         self._tid = (self._tid + 1) & 0xFFFF
         return self._tid
 
-    async def _send(self, tid: int, function: int, count: int, frame: bytes) -> list[int] | None:
+    async def _send(
+        self, tid: int, function: int, count: int, frame: bytes, timeout_s: float | None
+    ) -> list[int] | None:
         transport = self._transport
         if transport is None or self._error is not None:
             raise self._error or ModbusError("not connected")
         if tid in self._pending:
             raise ModbusError("65,536 requests outstanding")  # never in practice
-        future: asyncio.Future[list[int] | None] = asyncio.get_running_loop().create_future()
-        self._pending[tid] = _Pending(function, count, future)
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s: {timeout_s!r}; must be a positive number of seconds")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int] | None] = loop.create_future()
+        deadline = math.inf if timeout_s is None else loop.time() + timeout_s
+        self._pending[tid] = _Pending(function, count, future, deadline)
+        if self._timer is None and timeout_s is not None:
+            self._timer = loop.call_at(deadline, self._expire)
         transport.write(frame)
         try:
             return await future
         finally:
             self._pending.pop(tid, None)
+
+    def _expire(self) -> None:
+        """The connection's timer: fail what waited past its deadline; re-arm for the rest."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        nearest = math.inf
+        for tid, p in list(self._pending.items()):
+            if p.deadline <= now:
+                del self._pending[tid]
+                if not p.future.done():
+                    p.future.set_exception(TimeoutError(f"no answer to function {p.function}"))
+            elif p.deadline < nearest:
+                nearest = p.deadline
+        if nearest < math.inf:
+            self._timer = loop.call_at(nearest, self._expire)
 
     def _answer(self, tid: int, pdu: bytes) -> None:
         pending = self._pending.pop(tid, None)
@@ -234,6 +280,9 @@ class MbapClient:
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_exception(self._error)

@@ -197,15 +197,18 @@ class CabinetLink:
         async def read(client: MbapClient) -> list[int]:
             image = [0] * IR.END
             for address, count in spans:
-                image[address : address + count] = await self._request(
-                    client.read_input_registers(address, count, unit=self.device_id)
+                image[address : address + count] = await client.read_input_registers(
+                    address, count, unit=self.device_id, timeout_s=self.timeout_s
                 )
             return image
 
         image = await self._transact(read)
         self.stats.reads += 1
         try:
-            return decode_status(image, self.n_groups, self.n_channels, occupancy=occupancy)
+            # Unpacked from the frames as 16-bit values (struct), so not checked again.
+            return decode_status(
+                image, self.n_groups, self.n_channels, occupancy=occupancy, unpacked=True
+            )
         except RegisterError as exc:
             self.stats.decode_errors += 1
             key = (exc.table, exc.register)
@@ -232,7 +235,9 @@ class CabinetLink:
         values = encode_outputs(signals, heartbeat, command)
 
         async def write(client: MbapClient) -> None:
-            await self._request(client.write_registers(HR.HEARTBEAT, values, unit=self.device_id))
+            await client.write_registers(
+                HR.HEARTBEAT, values, unit=self.device_id, timeout_s=self.timeout_s
+            )
 
         await self._transact(write)
         self.stats.writes += 1
@@ -242,7 +247,9 @@ class CabinetLink:
 
         async def read(client: MbapClient) -> list[int]:
             count = HR.OUTPUTS + self.n_groups
-            return await self._request(client.read_holding_registers(0, count, unit=self.device_id))
+            return await client.read_holding_registers(
+                0, count, unit=self.device_id, timeout_s=self.timeout_s
+            )
 
         holding = await self._transact(read)
         return parse_output_frame(holding, self.n_groups)
@@ -289,11 +296,6 @@ class CabinetLink:
         await self.close()
 
     # -- internals ------------------------------------------------------------------------
-    async def _request(self, request: Awaitable[T]) -> T:
-        """One request with the link's timeout (an exception response is a ModbusError)."""
-        async with asyncio.timeout(self.timeout_s):
-            return await request
-
     async def _transact(self, operation: Callable[[MbapClient], Awaitable[T]]) -> T:
         async with self._lock:
             if self._closed:

@@ -290,8 +290,7 @@ class MqttLink:
                     log.debug("%s connected to %s:%s", s.client_id, s.host, s.port)
                     if self.on_connect is not None:
                         self._on_connect_task = asyncio.create_task(self._announce())
-                    async for message in client.messages:
-                        await self._dispatch(message)
+                    await self._pump(client)
             except aiomqtt.MqttError as exc:
                 if not self._closing:
                     log.debug("%s: broker link lost: %s", s.client_id, exc)
@@ -312,6 +311,29 @@ class MqttLink:
             # that lost the same broker do not all knock at the same instant when it returns.
             await asyncio.sleep(delay * (0.5 + 0.5 * random.random()))
             delay = min(delay * 2, s.reconnect_max_s)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Hand every incoming message to the handlers until the connection ends.
+
+        aiomqtt's iterator costs a task and an ``asyncio.wait`` per message, so a burst of a
+        hundred acknowledgements took some three hundred event-loop turns, each behind
+        whatever else was ready (the signal steps): fan-outs waited for their own answers.
+        Here only an empty inbox is waited for that way; what is already queued is taken
+        directly, up to :data:`_BURST` messages per turn, so that a start-up flood of
+        thousands of states still lets the signal loops run between bursts.
+        """
+        messages = client.messages
+        queue = getattr(client, "_queue", None)  # aiomqtt's inbox (private; see docstring)
+        if not isinstance(queue, asyncio.Queue):
+            async for message in messages:  # an aiomqtt that changed: the public way
+                await self._dispatch(message)
+            return
+        while True:
+            await self._dispatch(await anext(messages))
+            for _ in range(_BURST - 1):
+                if queue.empty():
+                    break
+                await self._dispatch(queue.get_nowait())
 
     async def _announce(self) -> None:
         assert self.on_connect is not None
@@ -412,6 +434,9 @@ def _no_delay(client: aiomqtt.Client) -> None:
 
 
 _READ_CHUNK = 8192
+
+#: Messages handed to the handlers in one event-loop turn at most (:meth:`MqttLink._pump`).
+_BURST = 64
 
 
 class _BufferedReads:

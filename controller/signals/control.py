@@ -29,8 +29,14 @@ import datetime as dt
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from controller.signals.detectors import DetectorBank, DetectorSettings, TrafficView
+from controller.signals.detectors import (
+    DetectorBank,
+    DetectorSettings,
+    LoopReading,
+    TrafficView,
+)
 from controller.signals.engine import (
     EngineOutput,
     NotAdoptable,
@@ -48,21 +54,18 @@ LocalTime = dt.datetime | dt.time | int | float
 """A local wall-clock time, or minutes after local midnight (strategy schedules use it)."""
 
 
-@dataclass(frozen=True)
-class ControlStep:
-    """The outcome of one step: what to write to the cabinet and what happened."""
+class ControlStep(NamedTuple):
+    """The outcome of one step: what to write to the cabinet and what happened (immutable)."""
 
     t: float
     output: EngineOutput
     strategy: str
     request: Request
-    violations: tuple[Violation, ...] = ()
+    violations: tuple[Violation, ...]
     """Non-empty when the monitor caught the engine's output: the step shows flash instead."""
-
-    @property
-    def signals(self) -> tuple[int, ...]:
-        """Signal codes in group order, as written to the cabinet's output registers."""
-        return tuple(int(s) for s in self.output.signals)
+    signals: tuple[int, ...]
+    """Signal codes of ``output`` in group order (plain ints), as written to the cabinet's
+    output registers."""
 
     @property
     def flashing(self) -> bool:
@@ -120,6 +123,10 @@ class IntersectionControl:
         self._arterial = coord.arterial_stage if coord is not None else None
         self._arterial_greens: deque[float] = deque(maxlen=8)
         self._engine_base = self.engine.stats
+        # The codes of the latest step's signals: steps mostly repeat them, and the same tuple
+        # then makes the shell's "already written?" comparison an identity check.
+        self._shown: tuple[Signal, ...] = ()
+        self._codes: tuple[int, ...] = ()
         self.monitor.check(now, self.output.signals)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -140,6 +147,16 @@ class IntersectionControl:
         :meth:`~controller.signals.detectors.DetectorBank.update_loop`).
         """
         self.detectors.update_loop(channel, count_raw, occupancy_raw, presence, now, sent=sent)
+
+    def loop_readings(
+        self, readings: Sequence[LoopReading], now: float, *, sent: float | None = None
+    ) -> None:
+        """One read of every cabinet channel, ``readings[channel]`` (e.g. a
+        :class:`devices.cabinet.CabinetStatus`' ``detectors``): exactly :meth:`loop_reading`
+        for each channel in order, at a fraction of the cost (see
+        :meth:`~controller.signals.detectors.DetectorBank.update_loops`).
+        """
+        self.detectors.update_loops(readings, now, sent=sent)
 
     def camera_reading(
         self, detector: str, count: int, queue: int, interval_s: float, now: float
@@ -175,7 +192,11 @@ class IntersectionControl:
         self._last_stage = out.stage if out.phase == "green" else self._last_stage
         self.output = out
         self._sync_engine_stats()
-        return ControlStep(now, out, strategy.name, request, violations)
+        signals = out.signals
+        if signals != self._shown:
+            self._shown = signals
+            self._codes = tuple(map(int, signals))
+        return ControlStep(now, out, strategy.name, request, violations, self._codes)
 
     def confirm(self, t: float) -> None:
         """The latest output reached the heads no later than ``t`` (the write was acknowledged).

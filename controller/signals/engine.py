@@ -62,8 +62,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
+from typing import Final, Literal, NamedTuple
 
 from controller.signals.model import (
     ALL_RED_FLOOR_S,
@@ -87,6 +87,14 @@ TIME_EPS = 1e-9
 """Float-noise tolerance for "has this much time passed" (see the module docstring)."""
 
 Phase = Literal["startup", "green", "clearance", "flash"]
+
+# Members as module constants: the per-step loops compare many of them.
+_GREEN: Final = Signal.GREEN
+_YELLOW: Final = Signal.YELLOW
+_RED: Final = Signal.RED
+_PED_CLEARANCE: Final = Signal.PED_CLEARANCE
+# Signal.is_open by code (the property is a Python call; the clearance loop asks often).
+_IS_OPEN: Final = {s: s.is_open for s in Signal}
 
 
 def _reached(elapsed: float, need: float) -> bool:
@@ -133,9 +141,12 @@ def shown_stage(x: Intersection, signals: Sequence[int]) -> tuple[str, frozenset
     raise NotAdoptable(f"signals: the greens {shown} are no stage of {x.id}")
 
 
-@dataclass(frozen=True)
-class Request:
-    """What a strategy asks at one step; the engine decides what is legal."""
+class Request(NamedTuple):
+    """What a strategy asks at one step; the engine decides what is legal.
+
+    Immutable; a named tuple rather than a frozen dataclass, which costs several times as
+    much to build (strategies build one nearly every step). ``_replace`` derives a variant.
+    """
 
     next_stage: str | None = None
     """Stage to serve next (None: nobody else is waiting)."""
@@ -146,9 +157,13 @@ class Request:
     stage; None serves every crossing of a stage when it is entered (pedestrian recall)."""
 
 
-@dataclass(frozen=True)
-class EngineOutput:
-    """What the engine shows at ``t``."""
+class EngineOutput(NamedTuple):
+    """What the engine shows at ``t``.
+
+    Immutable; a named tuple rather than a frozen dataclass, which costs several times as
+    much to build (the engine builds one every step). ``_replace`` derives a variant (tests
+    do, to fake a broken engine).
+    """
 
     t: float
     signals: tuple[Signal, ...]
@@ -228,6 +243,9 @@ class PhaseEngine:
         self._startup_s = max(startup_red_s, self._max_all_red)
         self._start_stage = start_stage
         self._ped_index = {x.groups[i].id: i for i in range(n) if self._is_ped[i]}
+        self._ped_ids = frozenset(self._ped_index)
+        self._peds = tuple(i for i in range(n) if self._is_ped[i])
+        self._clearance = tuple(x.clearance)
         self._signals = [Signal.RED] * n
         self._green_since: list[float | None] = [None] * n
         self._green_end = [-math.inf] * n
@@ -248,6 +266,10 @@ class PhaseEngine:
         self._flash_reason = ""
         self._stats = EngineStats()
         self._now = now
+        # _build's per-group release times, kept by a step while the signals and green starts
+        # they were computed from stay the same (most steps); see _build.
+        self._release_key: tuple[tuple[Signal, ...], tuple[float | None, ...]] | None = None
+        self._release: tuple[float, ...] = ()
         self._out = self._build(now)
 
     # -- public surface ---------------------------------------------------------------------
@@ -265,7 +287,8 @@ class PhaseEngine:
     @property
     def stats(self) -> EngineStats:
         """A copy of the counters."""
-        return replace(self._stats)
+        s = self._stats  # (read every step: a direct copy costs a fifth of dataclasses.replace)
+        return EngineStats(s.stage_changes, s.max_outs, s.refused_requests, s.flashes)
 
     @property
     def startup_s(self) -> float:
@@ -299,8 +322,8 @@ class PhaseEngine:
             # After the new greens: a group that ends its clearance now shows RED for at
             # least one output before it may show GREEN again.
             self._finish_clearances(now)
-        self._out = self._build(now)
-        return self._out
+        self._out = out = self._build(now, reuse=True)
+        return out
 
     def start_in(self, now: float, stage: str, walking: Collection[str] = ()) -> None:
         """Start in ``stage``'s green, which the heads already show, instead of the all-red.
@@ -409,11 +432,13 @@ class PhaseEngine:
         self._now = now
 
     def _accept(self, request: Request) -> None:
+        if request is self._standing:
+            return  # (a strategy repeats its request between decisions) accepted already
         nxt = request.next_stage
         if nxt is not None and nxt not in self._stage_groups:
             self._stats.refused_requests += 1
             return
-        if request.peds is not None and any(p not in self._ped_index for p in request.peds):
+        if request.peds is not None and not self._ped_ids.issuperset(request.peds):
             self._stats.refused_requests += 1
             return
         self._standing = request
@@ -440,12 +465,12 @@ class PhaseEngine:
     def _end_walks(self, now: float) -> None:
         """A walk lasts exactly the crossing's walk time; then its clearance starts."""
         sig = self._signals
-        for i in range(self._n):
-            if self._is_ped[i] and sig[i] is Signal.GREEN:
+        for i in self._peds:
+            if sig[i] is _GREEN:
                 since = self._green_since[i]
                 assert since is not None
-                if _reached(now - since, self._min_green[i]):
-                    sig[i] = Signal.PED_CLEARANCE
+                if now - since + TIME_EPS >= self._min_green[i]:  # _reached, inlined
+                    sig[i] = _PED_CLEARANCE
                     self._green_end[i] = now
                     self._green_since[i] = None
 
@@ -464,12 +489,20 @@ class PhaseEngine:
                 self._served.add(i)
 
     def _may_open(self, j: int, now: float) -> bool:
-        return self._signals[j] is Signal.RED and all(
-            not self._signals[i].is_open
-            and _reached(now - self._green_end[i], self._x.intergreen[i][j])
-            and _reached(now - self._red_since[i], self._all_red[i][j])
-            for i in self._conflicts_of[j]
-        )
+        sig = self._signals
+        if sig[j] is not _RED:
+            return False
+        green_end, red_since = self._green_end, self._red_since
+        intergreen, all_red = self._x.intergreen, self._all_red
+        for i in self._conflicts_of[j]:
+            # (not open, and both _reached, inlined: every clearance step asks this)
+            if (
+                _IS_OPEN[sig[i]]
+                or not now - green_end[i] + TIME_EPS >= intergreen[i][j]
+                or not now - red_since[i] + TIME_EPS >= all_red[i][j]
+            ):
+                return False
+        return True
 
     def _maybe_end_stage(self, now: float) -> None:
         stage, target = self._stage, self._standing.next_stage
@@ -534,14 +567,22 @@ class PhaseEngine:
 
     def _finish_clearances(self, now: float) -> None:
         sig = self._signals
-        for i in range(self._n):
-            if (sig[i] is Signal.YELLOW or sig[i] is Signal.PED_CLEARANCE) and _reached(
-                now - self._green_end[i], self._x.clearance[i]
+        for i, s in enumerate(sig):
+            if (s is _YELLOW or s is _PED_CLEARANCE) and _reached(
+                now - self._green_end[i], self._clearance[i]
             ):
-                sig[i] = Signal.RED
+                sig[i] = _RED
                 self._red_since[i] = now
 
-    def _build(self, now: float) -> EngineOutput:
+    def _build(self, now: float, *, reuse: bool = False) -> EngineOutput:
+        """The output of the current state at ``now``.
+
+        ``reuse`` (the step only): keep the previous build's release times when the signals
+        and green starts are the same. They then are: a release time reads ``_green_end`` only
+        for a clearing crossing, and a step changes that only together with the signal (GREEN
+        → PED_CLEARANCE). The other builds (confirm, start-up, flash) move times without a
+        signal change, so they always compute afresh.
+        """
         phase, stage = self._phase, self._stage
         if phase == "startup":
             nxt: str | None = self._start_stage
@@ -552,28 +593,36 @@ class PhaseEngine:
         elapsed = 0.0
         if phase == "green" and self._stage_green_t is not None:
             elapsed = now - self._stage_green_t
+        signals = tuple(self._signals)
+        green_since = tuple(self._green_since)
+        key = (signals, green_since)
+        if not reuse or key != self._release_key:
+            self._release = self._release_at()
+            self._release_key = key
         return EngineOutput(
-            t=now,
-            signals=tuple(self._signals),
-            phase=phase,
-            stage=stage if phase in ("green", "clearance") else None,
-            next_stage=nxt,
-            green_elapsed=elapsed,
-            green_since=tuple(self._green_since),
-            release_at=self._release_at(),
+            now,
+            signals,
+            phase,
+            stage if phase == "green" or phase == "clearance" else None,
+            nxt,
+            elapsed,
+            green_since,
+            self._release,
         )
 
     def _release_at(self) -> tuple[float, ...]:
         out: list[float] = []
+        green_since, green_end = self._green_since, self._green_end
+        min_green, clearance, is_ped = self._min_green, self._clearance, self._is_ped
         for i, s in enumerate(self._signals):
-            since = self._green_since[i]
-            if s is Signal.GREEN and since is not None:
-                hold = since + self._min_green[i]
-                if self._is_ped[i]:
-                    hold += self._x.clearance[i]
+            since = green_since[i]
+            if s is _GREEN and since is not None:
+                hold = since + min_green[i]
+                if is_ped[i]:
+                    hold += clearance[i]
                 out.append(hold)
-            elif s is Signal.PED_CLEARANCE:
-                out.append(self._green_end[i] + self._x.clearance[i])
+            elif s is _PED_CLEARANCE:
+                out.append(green_end[i] + clearance[i])
             else:
                 out.append(-math.inf)
         return tuple(out)

@@ -111,6 +111,8 @@ class EventLog:
                     SignalEvent(int(off), param, d.group, d.id),
                 )
             )
+        self._channel_nos = tuple(ch for ch, _, _ in self._channels)
+        self._top_channel = max(self._channel_nos, default=-1)
         self._shown: tuple[int, ...] | None = None
         self._present: list[bool] | None = None
         self._calls: list[bool] | None = None
@@ -127,8 +129,10 @@ class EventLog:
 
     def displayed(self, codes: Sequence[int], now: float) -> list[SignalEvent]:
         """Events between the previous reading of the displayed codes and this one."""
-        shown = tuple(int(c) for c in codes)
-        prev, self._shown = self._shown, shown
+        prev = self._shown
+        # (most reads repeat the previous display: keep its codes rather than convert again)
+        shown = prev if prev is not None and prev == codes else tuple(map(int, codes))
+        self._shown = shown
         out: list[SignalEvent] = []
         if self._red_due:
             for i, due in list(self._red_due.items()):
@@ -180,10 +184,14 @@ class EventLog:
     def presence(self, readings: Sequence[_Presence]) -> list[SignalEvent]:
         """On/off events of the configured channels since the previous reading."""
         prev = self._present
-        n = len(readings)
-        now_on = [readings[ch].presence if ch < n else False for ch, _, _ in self._channels]
+        chans = self._channel_nos
+        if len(readings) > self._top_channel:  # (always, unless the cabinet has fewer channels)
+            now_on = [readings[ch].presence for ch in chans]
+        else:
+            n = len(readings)
+            now_on = [readings[ch].presence if ch < n else False for ch in chans]
         self._present = now_on
-        if prev is None:
+        if prev is None or prev == now_on:  # (most reads: nothing switched)
             return []
         out: list[SignalEvent] = []
         for k, (_, on, off) in enumerate(self._channels):
@@ -217,7 +225,7 @@ class EventLog:
         """Call registered / dropped events since the previous view (recall groups left out)."""
         calls = [g.call for g in view.groups]
         prev, self._calls = self._calls, calls
-        if prev is None or len(prev) != len(calls):
+        if prev is None or prev == calls or len(prev) != len(calls):  # (equal: most views)
             return []
         out: list[SignalEvent] = []
         for i, (p, c) in enumerate(zip(prev, calls, strict=True)):

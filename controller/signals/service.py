@@ -398,11 +398,9 @@ class IntersectionRunner:
                 )
                 self._alarm("cabinet_fallback", f"cabinet went to {mode.name}")
                 self._set_sync("handover")
-            elif (
-                self._written is not None
-                and tuple(int(c) for c in status.displayed) != self._written
-            ):
-                # Read before write: the heads show what we wrote last step.
+            elif self._written is not None and status.displayed != self._written:
+                # Read before write: the heads show what we wrote last step. (Signal codes are
+                # IntEnums: the tuple compares equal to the codes written, without a copy.)
                 self.stats.display_mismatches += 1
             return
         if self.sync == "down":
@@ -451,10 +449,7 @@ class IntersectionRunner:
         self._clear("register_error")
         self.cabinet = status
         now = self.monotonic()
-        for ch, reading in enumerate(status.detectors):
-            self.control.loop_reading(
-                ch, reading.count, reading.occupancy, reading.presence, now, sent=sent
-            )
+        self.control.loop_readings(status.detectors, now, sent=sent)
         self._detector_alarms()
         return status
 

@@ -132,6 +132,12 @@ class StageTiming:
                 }
                 self.starts[a][b] = offs
                 self.transition[a][b] = max(offs.values(), default=0.0)
+        self.diff: dict[str, dict[str, frozenset[int]]] = {
+            a: {b: ma - mb for b, mb in x.stages} for a, ma in x.stages
+        }
+        """``diff[a][b]``: the groups of ``a`` that ``b`` does not have (``b`` ends them)."""
+        self.pos = {sid: k for k, sid in enumerate(self.ids)}
+        """Stage id → its place in :attr:`ids`."""
 
     def min_hold(self, sid: str, with_peds: bool) -> float:
         """The shortest green of a stage: its vehicles' minimum, and its crossings' if served."""
@@ -551,6 +557,7 @@ class Adaptive:
         c = self.cfg
         n = x.n
         self._is_ped = tuple(g.kind is GroupKind.PEDESTRIAN for g in x.groups)
+        self._peds = tuple((i, g.id) for i, g in enumerate(x.groups) if self._is_ped[i])
         self._mu = tuple(
             math.inf if self._is_ped[i] else g.lanes * c.saturation_vph_per_lane / 3600.0
             for i, g in enumerate(x.groups)
@@ -623,13 +630,14 @@ class Adaptive:
 
     def decide(self, now: float, out: EngineOutput, view: TrafficView) -> Request:
         if self._upstream_feed is not None:
+            ups = self._upstream
             for t in self._upstream_feed():
-                self.notify_upstream_green(t)
-        peds = called_peds(self.x, view)
-        if out.phase != "green" or out.stage is None:
-            self._last = None
-            return _hold_in_clearance(out, peds)
+                if not ups or t > ups[-1]:  # notify_upstream_green, inlined (every step)
+                    ups.append(t)
         stage = out.stage
+        if out.phase != "green" or stage is None:
+            self._last = None
+            return _hold_in_clearance(out, self._called_peds(view))
         if stage != self._seen_stage:
             # A stage started: the time since its previous start is one cycle.
             self._seen_stage = stage
@@ -637,6 +645,14 @@ class Adaptive:
             if prev is not None and now - prev > 1.0:
                 self._cycles.append(now - prev)
             self._starts[stage] = now
+        last = self._last
+        if (
+            last is not None
+            and last.stage == stage
+            and now - last.t < self.cfg.decision_interval_s - 1e-9
+        ):
+            return last.request  # decided less than a decision interval ago: it stands
+        peds = self._called_peds(view)
         # A crossing of the running stage that was left out at its start walks late once it
         # has waited ped_defer_s (the engine serves it while the stage runs).
         here_peds = frozenset(
@@ -644,14 +660,6 @@ class Adaptive:
             for i in self.timing.peds[stage]
             if not self._waited(now, view, i, self.cfg.ped_defer_s)
         )
-        last = self._last
-        fresh = (
-            last is not None
-            and last.stage == stage
-            and now - last.t < self.cfg.decision_interval_s - 1e-9
-        )
-        if fresh and last is not None:
-            return last.request
         guard = self._guard(now, stage, view)
         if guard is not None:
             req = Request(next_stage=guard, end_green=True, peds=peds - here_peds)
@@ -678,6 +686,11 @@ class Adaptive:
             return req
         req = self._evaluate(now, out, view, targets, peds, here_peds)
         return req
+
+    def _called_peds(self, view: TrafficView) -> frozenset[str]:
+        """:func:`called_peds`, from the crossings' indices (read at every step)."""
+        groups = view.groups
+        return frozenset([gid for i, gid in self._peds if groups[i].call])
 
     @staticmethod
     def _waited(now: float, view: TrafficView, i: int, limit: float) -> bool:
@@ -948,6 +961,9 @@ class _FluidModel:
                     pieces.append((t, rate))
                 self.weight[i] *= c.arterial_weight
             self.rates.append(pieces)
+        # The pieces split into times and rates, for the rollouts' inner loop.
+        self.rate_t = [tuple(p[0] for p in pcs) for pcs in self.rates]
+        self.rate_v = [tuple(p[1] for p in pcs) for pcs in self.rates]
         self.lam = lam
         # who discharges now, and from when (start-up lost time after their green started)
         self.green_from: list[float | None] = []
@@ -978,11 +994,19 @@ class _FluidModel:
         ``walk=False``: ``nxt`` is entered without walking its crossings (they wait for the
         stage's next turn), so it needs only its vehicles' green.
         """
+        # The hottest code of the controller (tens of rollouts a second per intersection):
+        # locals instead of attribute look-ups, min/max written out. The arithmetic and its
+        # order are exactly those of the model; only the bookkeeping around it is lean.
         a, c, n = self.a, self.c, self.n
         timing = a.timing
-        mu = a._mu
+        members, diff, ids, pos = timing.members, timing.diff, timing.ids, timing.pos
+        mu, is_ped = a._mu, a._is_ped
         horizon = self.horizon
-        rates, masses = self.rates, self.masses
+        times, values, masses = self.rate_t, self.rate_v, self.masses
+        lam_of = self.lam
+        yellow_use, startup_lost = c.yellow_use_s, c.startup_lost_s
+        clear_margin, serve_queue = c.clear_margin_s, c.serve_queue
+        inf = math.inf
         q = list(self.q0)
         area = [0.0] * n
         t = [0.0] * n
@@ -992,23 +1016,26 @@ class _FluidModel:
 
         def adv(i: int, to: float) -> None:
             """Advance group i to ``to`` with its current discharge state."""
-            ti, qi, ar = t[i], q[i], area[i]
+            ti = t[i]
             if to <= ti:
                 return
-            pr, pm = rates[i], masses[i]
+            qi, ar = q[i], area[i]
+            pt, pv, pm = times[i], values[i], masses[i]
+            npr, npm = len(pt), len(pm)
             r, m = ri[i], mi[i]
             d_on, mui = dis[i], mu[i]
+            drain = d_on and mui == inf  # a walking crossing: nobody waits
             while ti < to:
                 nb = to
-                if r + 1 < len(pr) and pr[r + 1][0] < nb:
-                    nb = pr[r + 1][0]
-                if m < len(pm) and pm[m] < nb:
-                    nb = max(pm[m], ti)
-                lam = pr[r][1] if r < len(pr) and pr[r][0] <= ti + 1e-12 else 0.0
+                if r + 1 < npr and pt[r + 1] < nb:
+                    nb = pt[r + 1]
+                if m < npm and pm[m] < nb:
+                    nb = ti if ti > pm[m] else pm[m]  # max(pm[m], ti)
+                lam = pv[r] if r < npr and pt[r] <= ti + 1e-12 else 0.0
                 d = nb - ti
                 if d > 0:
                     if d_on:
-                        if mui == math.inf:
+                        if drain:
                             qi = 0.0
                         else:
                             net = lam - mui
@@ -1027,19 +1054,13 @@ class _FluidModel:
                         ar += qi * d + lam * d * d / 2
                         qi += lam * d
                 ti = nb
-                while r + 1 < len(pr) and pr[r + 1][0] <= ti + 1e-12:
+                while r + 1 < npr and pt[r + 1] <= ti + 1e-12:
                     r += 1
-                while m < len(pm) and pm[m] <= ti + 1e-12:
+                while m < npm and pm[m] <= ti + 1e-12:
                     m += 1
-                    if not (d_on and mui == math.inf):
+                    if not drain:
                         qi += 1.0
             t[i], q[i], area[i], ri[i], mi[i] = ti, qi, ar, r, m
-
-        def toggle(i: int, at: float, on: bool) -> None:
-            to = at if at < horizon else horizon
-            if to > t[i]:  # (most toggles land where the group already is: skip the call)
-                adv(i, to)
-            dis[i] = on
 
         # the running stage: its groups discharge from their start-up (or already do)
         events: list[tuple[float, int, bool]] = []
@@ -1052,15 +1073,14 @@ class _FluidModel:
         while True:
             guard += 1
             # transition cur -> nxt_stage at end_at
-            leaving = timing.members[cur] - timing.members[nxt_stage]
-            for i in leaving:
-                events.append((end_at + (c.yellow_use_s if not a._is_ped[i] else 0.0), i, False))
+            for i in diff[cur][nxt_stage]:  # the groups leaving
+                events.append((end_at + (yellow_use if not is_ped[i] else 0.0), i, False))
             starts = timing.starts[cur][nxt_stage]
             ped_waits = False
             for j, off in starts.items():
-                if a._is_ped[j] and guard == 1 and not walk:
-                    continue
-                if a._is_ped[j]:
+                if is_ped[j]:
+                    if guard == 1 and not walk:
+                        continue
                     # a crossing is served by its walk only: who comes later waits
                     at = end_at + off
                     adv(j, min(at, horizon))
@@ -1068,65 +1088,74 @@ class _FluidModel:
                     events.append((at, j, True))
                     events.append((at + a._walk_s[j], j, False))
                 else:
-                    events.append((end_at + off + c.startup_lost_s, j, True))
+                    events.append((end_at + off + startup_lost, j, True))
             green_at = end_at + timing.transition[cur][nxt_stage]
             events.sort()
-            # process events up to the new stage's green + start-up
-            decide_at = green_at + c.startup_lost_s
-            rest = []
-            for ev in events:
-                if ev[0] <= decide_at:
-                    toggle(ev[1], ev[0], ev[2])
-                else:
-                    rest.append(ev)
-            events = rest
+            # process events up to the new stage's green + start-up (in time order; the
+            # sorted list splits where the times pass decide_at)
+            decide_at = green_at + startup_lost
+            k = bisect.bisect_right(events, (decide_at, inf))
+            for at, i, on in events[:k]:
+                to = at if at < horizon else horizon
+                if to > t[i]:  # (most toggles land where the group already is)
+                    adv(i, to)
+                dis[i] = on
+            del events[:k]
             if green_at >= horizon or guard > 12:
                 break
             cur = nxt_stage
             # green needed by the new stage: clear its queues (within min and max); a
             # crossing that waits holds it for its walk and clearance
             need = timing.min_hold(cur, ped_waits)
-            for i in timing.members[cur]:
-                if a._is_ped[i]:
+            for i in members[cur]:
+                if is_ped[i]:
                     continue
                 adv(i, decide_at)
-                lam_i = self.lam[i]
+                lam_i = lam_of[i]
                 if lam_i >= mu[i]:
                     need = timing.max_green[cur]
                     break
-                need = max(need, c.startup_lost_s + q[i] / (mu[i] - lam_i) + c.clear_margin_s)
+                clear = startup_lost + q[i] / (mu[i] - lam_i) + clear_margin
+                if clear > need:  # max(need, clear)
+                    need = clear
             length = min(need, timing.max_green[cur])
             end_at = green_at + length
             # the base policy's next stage: in order, the first with a queue to serve
             nxt_stage = ""
-            k = timing.ids.index(cur)
-            for step in range(1, len(timing.ids)):
-                cand = timing.ids[(k + step) % len(timing.ids)]
-                new = timing.members[cand] - timing.members[cur]
+            k = pos[cur]
+            until = min(end_at, horizon)
+            for step in range(1, len(ids)):
+                cand = ids[(k + step) % len(ids)]
+                new = diff[cand][cur]
                 for i in new:
-                    adv(i, min(end_at, horizon))
-                if any(q[i] * (1.0 if not a._is_ped[i] else 2.0) >= c.serve_queue for i in new):
-                    nxt_stage = cand
+                    adv(i, until)
+                for i in new:
+                    if q[i] * (1.0 if not is_ped[i] else 2.0) >= serve_queue:
+                        nxt_stage = cand
+                        break
+                if nxt_stage:
                     break
             if not nxt_stage:
-                nxt_stage = timing.ids[(k + 1) % len(timing.ids)]
+                nxt_stage = ids[(k + 1) % len(ids)]
             if end_at >= horizon:
                 break
-        for ev in events:
-            if ev[0] < horizon:
-                toggle(ev[1], ev[0], ev[2])
+        for at, i, on in events:
+            if at < horizon:
+                if at > t[i]:
+                    adv(i, at)
+                dis[i] = on
         total = 0.0
         w = self.weight
+        share = a._share
+        terminal_wait = c.terminal_wait_s
         for i in range(n):
             adv(i, horizon)
             qi = q[i]
             tail = 0.0
-            if qi > 0 and mu[i] != math.inf:
-                tail = qi * qi / (2 * mu[i] * a._share[i]) + (
-                    0.0 if dis[i] else qi * c.terminal_wait_s
-                )
+            if qi > 0 and mu[i] != inf:
+                tail = qi * qi / (2 * mu[i] * share[i]) + (0.0 if dis[i] else qi * terminal_wait)
             elif qi > 0:
-                tail = 0.0 if dis[i] else qi * c.terminal_wait_s
+                tail = 0.0 if dis[i] else qi * terminal_wait
             total += w[i] * (area[i] + tail)
         return total
 
@@ -1162,6 +1191,9 @@ class StrategySelector:
             hh, mm = (int(v) for v in p.start.split(":"))
             periods.append((hh * 60 + mm, p.strategy, p.fixed_plan or default_plan))
         self._periods = sorted(periods)
+        self._period_starts = [p[0] for p in self._periods]
+        # (strategy, plan) → the strategy object: current() runs every step.
+        self._chosen: dict[tuple[str, str | None], Strategy] = {}
 
     def choice(self, local: dt.datetime | dt.time | int | float) -> tuple[str, str | None]:
         """``(strategy, fixed plan)`` at a local time (or minutes after local midnight)."""
@@ -1171,16 +1203,21 @@ class StrategySelector:
             minute = float(local) % 1440
         if not self._periods:
             return self._default
-        k = bisect.bisect_right([p[0] for p in self._periods], minute) - 1
+        k = bisect.bisect_right(self._period_starts, minute) - 1
         _, kind, plan = self._periods[k]  # k = -1: the last period, from the day before
         return kind, plan
 
     def current(self, local: dt.datetime | dt.time | int | float) -> Strategy:
         """The strategy object at a local time (or minutes after local midnight)."""
-        kind, plan = self.choice(local)
+        choice = self.choice(local)
+        chosen = self._chosen.get(choice)
+        if chosen is not None:
+            return chosen
+        kind, plan = choice
         key = f"{kind}:{plan}" if kind == "fixed" else kind
         found = self._cache.get(key)
         if found is not None:
+            self._chosen[choice] = found
             return found
         strategy: Strategy
         if kind == "fixed":
@@ -1193,6 +1230,7 @@ class StrategySelector:
         else:
             strategy = Adaptive(self.x, self._adaptive_cfg, upstream_greens=self._upstream)
         self._cache[key] = strategy
+        self._chosen[choice] = strategy
         return strategy
 
 

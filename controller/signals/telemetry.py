@@ -107,10 +107,9 @@ class IntersectionTelemetry:
         strategy = control.strategy
         req = step.request
         reason = decision_reason(strategy, seen, req) if strategy is not None else "other"
-        signals = step.signals
-        before = tuple(int(s) for s in seen.signals)
-        if signals != before:
-            self.log.engine_step(before, signals, termination_code(reason, max_out), now)
+        if step.output.signals != seen.signals:  # (as the codes compare: most steps equal)
+            before = tuple(map(int, seen.signals))
+            self.log.engine_step(before, step.signals, termination_code(reason, max_out), now)
         if control.view is not None:
             for ev in self.log.calls(control.view):
                 self._event(ev)

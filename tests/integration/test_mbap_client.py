@@ -10,6 +10,7 @@ another request's answer.
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Awaitable, Callable
 
@@ -200,8 +201,8 @@ async def test_answers_split_into_single_bytes_are_reassembled() -> None:
 
 
 async def test_a_timed_out_request_is_the_callers_to_end() -> None:
-    """No timeout inside: the caller's ``asyncio.timeout`` cancels; a late answer would then be
-    an answer to no request, so the link closes the client after any failure."""
+    """Without ``timeout_s`` the caller's ``asyncio.timeout`` cancels; a late answer would then
+    be an answer to no request, so the link closes the client after any failure."""
     server, port = await _scripted(_silent)
     async with server:
         client = await MbapClient.connect("127.0.0.1", port, timeout_s=1.0)
@@ -209,4 +210,46 @@ async def test_a_timed_out_request_is_the_callers_to_end() -> None:
             async with asyncio.timeout(0.2):
                 await client.read_input_registers(0, 3, unit=1)
         assert client.outstanding == 0
+        client.close()
+
+
+async def _slow_then_good(frame: bytes) -> bytes:
+    """Answers late while the request's address is 99, at once otherwise."""
+    (address,) = struct.unpack(">H", frame[8:10])
+    if address == 99:
+        await asyncio.sleep(0.4)
+    return await _good(frame)
+
+
+async def test_a_request_times_out_on_its_own_and_a_late_answer_closes_the_connection() -> None:
+    """``timeout_s``: the client's one timer fails the request on time, while answered requests
+    before it never fire it; the answer that comes after is an answer to no request."""
+    server, port = await _scripted(_slow_then_good)
+    async with server:
+        client = await MbapClient.connect("127.0.0.1", port, timeout_s=1.0)
+        loop = asyncio.get_running_loop()
+        for _ in range(20):  # answered at once: the armed timer finds nothing to fail
+            assert await client.read_input_registers(0, 2, unit=1, timeout_s=0.15) == [0, 1]
+        started = loop.time()
+        with pytest.raises(TimeoutError, match="no answer to function 4"):
+            await client.read_input_registers(99, 2, unit=1, timeout_s=0.15)
+        took = loop.time() - started
+        assert 0.15 <= took < 0.4, took  # its own deadline, not a re-armed one's
+        assert client.outstanding == 0 and client.connected
+        async with asyncio.timeout(2.0):
+            while client.connected:  # the late answer arrives and matches no request
+                await asyncio.sleep(0.02)
+        with pytest.raises(ModbusError, match="to no request"):
+            await client.read_input_registers(0, 2, unit=1, timeout_s=0.15)
+
+
+async def test_timeout_must_be_positive() -> None:
+    server, port = await _scripted(_good)
+    async with server:
+        client = await MbapClient.connect("127.0.0.1", port, timeout_s=1.0)
+        for bad in (0.0, -1.0, math.nan):
+            with pytest.raises(ValueError, match="timeout_s"):
+                await client.read_input_registers(0, 2, unit=1, timeout_s=bad)
+        assert client.outstanding == 0
+        assert await client.read_input_registers(0, 2, unit=1, timeout_s=0.5) == [0, 1]
         client.close()

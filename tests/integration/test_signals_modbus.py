@@ -14,7 +14,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.config import CityConfig, load_config
@@ -414,7 +414,7 @@ async def test_a_safety_violation_flashes_the_intersection_until_cleared() -> No
                 Signal.GREEN if g.kind.value == "vehicle" else s_
                 for g, s_ in zip(x.groups, out.signals, strict=True)
             )
-            return replace(out, signals=sig)
+            return out._replace(signals=sig)
 
         r.control.engine.step = broken  # type: ignore[assignment, method-assign]
         assert await wait_for(lambda: r.sync == "flash", 5)

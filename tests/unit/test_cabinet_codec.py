@@ -161,6 +161,29 @@ def test_bad_register_is_a_register_error(register: int, value: int, reason: str
     assert str(register) in str(err) and str(value) in str(err)
 
 
+@pytest.mark.parametrize(
+    ("register", "value", "reason"),
+    [
+        (IR.DISPLAYED + 2, 77, "unknown signal code"),
+        (IR.STATUS, 9, "unknown cabinet status"),
+        (IR.MAP_VERSION, 2, "map version 1 expected"),
+        (IR.N_CHANNELS, 8, "expected 6"),
+        (IR.FAULT_GROUP_B, 9, "no group 9"),
+        (IR.PRESENCE, 0b1100_0000, "presence set for a channel"),
+    ],
+)
+def test_an_unpacked_image_skips_only_the_16_bit_check(
+    register: int, value: int, reason: str
+) -> None:
+    """``unpacked=True`` (registers that came out of Modbus frames) decodes the same status and
+    still judges every value the map constrains."""
+    image = _image(_status())
+    assert decode_status(image, 4, 6, unpacked=True) == decode_status(image, 4, 6)
+    image[register] = value
+    with pytest.raises(RegisterError, match=reason):
+        decode_status(image, 4, 6, unpacked=True)
+
+
 def test_register_error_names_the_register() -> None:
     image = _image(_status())
     image[IR.DISPLAYED + 2] = 77

@@ -26,7 +26,7 @@ import asyncio
 import datetime as dt
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -238,7 +238,7 @@ def test_one_bad_register_is_the_register_named_and_changes_nothing_else() -> No
         tally.statuses += 1
         _check_status(status, image)
         # Decoded although corrupted: only the field of that register may differ.
-        diff = {f.name for f in fields(status) if getattr(status, f.name) != getattr(base, f.name)}
+        diff = {f for f in status._fields if getattr(status, f) != getattr(base, f)}
         allowed = _field_of(address)
         assert diff <= allowed, (address, register_name("IR", address), diff)
         for name in diff:

@@ -277,12 +277,20 @@ async def _restart(
     clear_end: dict[int, float] = {}
     opened: dict[int, float] = {}
     prev = shown
+    called_at: dict[int, float] = {}  # adopted green -> when a conflicting group first called
     while clock.t - adopted_at < RUN_AFTER_S:
         t = clock.tick()
         core.tick(t)
         await r.step()
         assert core.stats.faults == 0, core.last_fault
         assert r.control.stats.violations == 0 and r.control.monitor.total == 0, r.alarms
+        view = r.control.view
+        if view is not None:
+            for i in adopted:
+                if i not in called_at and any(
+                    g.call and x.conflict[i][j] for j, g in enumerate(view.groups)
+                ):
+                    called_at[i] = t
         now = core.shown
         for i, (p, c) in enumerate(zip(prev, now, strict=True)):
             if i in adopted and p == _G and c != _G and i not in green_end:
@@ -299,7 +307,16 @@ async def _restart(
     # and no conflicting green before the model's intergreen after their end.
     for i in adopted:
         g = x.groups[i]
-        assert i in green_end, f"{g.id} still green after {RUN_AFTER_S:g} s"
+        if i not in green_end:
+            # Still green after the run: right only when nothing conflicting asked for it to
+            # end in time (a through movement rests in green, or stays green into its lead
+            # stage and back, while only non-conflicting groups call). A conflicting call ends
+            # it within its maximum green and a lead stage's (well under 100 s).
+            asked = called_at.get(i)
+            assert asked is None or adopted_at + RUN_AFTER_S - asked < 100.0, (
+                f"{g.id} still green after {RUN_AFTER_S:g} s; a conflicting call since {asked:.1f}"
+            )
+            continue
         assert green_end[i] - adopted_at >= g.min_green_total_s - 1e-6, (g.id, green_end[i])
         assert clear_end[i] - green_end[i] >= x.clearance[i] - 1e-6, (g.id, clear_end[i])
         for j, at in opened.items():

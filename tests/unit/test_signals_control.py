@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from controller.signals.control import IntersectionControl
@@ -67,7 +65,7 @@ def test_a_deliberately_bad_engine_output_is_caught_flashes_and_is_counted() -> 
         out = real(now, request)
         sig = list(out.signals)
         sig[et] = G
-        return replace(out, signals=tuple(sig))
+        return out._replace(signals=tuple(sig))
 
     c.engine.step = broken  # type: ignore[method-assign]
     st = c.step(round(t + 0.1, 6), 600)

@@ -358,7 +358,7 @@ def test_stage_min_left_reads_the_engines_release_times() -> None:
     assert stage_min_left(out, through | {ix["P_E"]}, 5.0) == pytest.approx(15.0)
     assert stage_min_left(out, frozenset({ix["P_W"]}), 5.0) == 0.0  # not served: holds nothing
     assert stage_min_left(out, frozenset(), 5.0) == 0.0
-    assert stage_min_left(replace(out, release_at=()), through, 5.0) == 0.0
+    assert stage_min_left(out._replace(release_at=()), through, 5.0) == 0.0
 
 
 def test_called_peds_are_the_crossings_with_a_call() -> None:
@@ -1135,8 +1135,7 @@ def _green_output(x: Intersection, stage: str, now: float, since: float) -> Engi
     e = PhaseEngine(x, now=0.0)
     members = dict(x.stages)[stage]
     signals = tuple(G if i in members else Signal.RED for i in range(x.n))
-    return replace(
-        e.output,
+    return e.output._replace(
         t=now,
         signals=signals,
         phase="green",
