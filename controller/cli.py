@@ -64,15 +64,18 @@ def tune_gc() -> None:
     ``gc.freeze()`` takes it out of the collector's sight. And a full pass every 100th instead
     of every 10th second-generation pass: with 10,000 node states being replaced all the time,
     the default made a 100-180 ms full pass every ~3 s — a stall that every group command's
-    fan-out waiting then (``cityctl bench scale``). Memory is still freed by reference
+    fan-out waiting then (``cityctl bench scale``). And a young-generation pass every 10,000
+    allocations instead of 700: at full scale (10,000 lights, 100 intersections) the default
+    ran 15 young passes of ≈2 ms and 1.4 middle-generation passes of ≈5 ms a second: 3.8 s
+    of CPU in a 100 s run, against 0.8 s now. Memory is still freed by reference
     counting at once; only cyclic garbage waits a little longer.
     """
     import gc
 
     gc.collect()
     gc.freeze()
-    t0, t1, _ = gc.get_threshold()
-    gc.set_threshold(t0, t1, 100)
+    _, t1, _ = gc.get_threshold()
+    gc.set_threshold(10_000, t1, 100)
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
