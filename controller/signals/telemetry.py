@@ -51,12 +51,24 @@ __all__ = ["IntersectionTelemetry"]
 class IntersectionTelemetry:
     """Records one intersection; see the module docstring."""
 
-    def __init__(self, x: Intersection, recorder: Recorder, *, interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        x: Intersection,
+        recorder: Recorder,
+        *,
+        interval_s: float = 60.0,
+        first_interval_s: float | None = None,
+    ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s: {interval_s!r} must be positive")
+        if first_interval_s is not None and not 0 < first_interval_s <= interval_s:
+            raise ValueError(f"first_interval_s: {first_interval_s!r} must be in (0, interval_s]")
         self.x = x
         self.recorder = recorder
         self.interval_s = interval_s
+        #: The first interval's length: a controller's intersections that started together
+        #: end their intervals at different moments (see SignalsService), not in one burst.
+        self.first_interval_s = interval_s if first_interval_s is None else first_interval_s
         self.log = EventLog(x)
         self._stage_no = {sid: k + 1 for k, (sid, _) in enumerate(x.stages)}
         self._plan_no = {p.name: k + 1 for k, p in enumerate(x.config.fixed_plans)}
@@ -152,7 +164,7 @@ class IntersectionTelemetry:
         """At the end of every step: the state when it changed, the interval when it is due."""
         if self._t0 is None:
             self._t0 = now
-            self._due = now + self.interval_s
+            self._due = now + self.first_interval_s
             self._base = {
                 t.detector: (t.count, t.occupied_s) for t in runner.control.detectors.totals()
             }

@@ -9,14 +9,18 @@ with the built-in traffic model on its detector inputs and a :class:`MemoryRecor
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from controller.bench.sumo import CoreLink
+from controller.config import load_config
 from controller.signals.events import EventLog, SignalEvent
 from controller.signals.model import (
     GroupKind,
@@ -25,12 +29,13 @@ from controller.signals.model import (
     SignalsSettings,
     StrategyConfig,
 )
-from controller.signals.service import IntersectionRunner
+from controller.signals.service import IntersectionRunner, SignalsService
 from controller.sim_signals import SignalDemand, cabinet_spec, group_demand, traffic_specs
 from controller.telemetry.lineproto import Point
 from controller.telemetry.recorder import MemoryRecorder
 from controller.telemetry.schema import EventCode
 from devices.cabinet import DetectorReading
+from devices.lights import Topics
 from simulator.cabinet import CabinetCore
 from simulator.signal_traffic import IntersectionTraffic
 from tests.unit.signals_fixtures import four_arm
@@ -212,7 +217,13 @@ class Run:
             self.written.append(tuple(self.core.shown))
 
 
-def _run(strategy: str = "actuated", *, telemetry: bool = True, interval_s: float = 60.0) -> Run:
+def _run(
+    strategy: str = "actuated",
+    *,
+    telemetry: bool = True,
+    interval_s: float = 60.0,
+    first_interval_s: float | None = None,
+) -> Run:
     x = _x(strategy)
     settings = SignalsSettings()
     spec = cabinet_spec(x, settings)
@@ -230,6 +241,7 @@ def _run(strategy: str = "actuated", *, telemetry: bool = True, interval_s: floa
         local_time=lambda: 600,
         telemetry=rec,
         detector_interval_s=interval_s,
+        first_interval_s=first_interval_s,
     )
     return Run(x, runner, core, rec, clock)
 
@@ -376,6 +388,52 @@ def test_interval_counts_add_up_to_the_cabinet_counters(actuated: Run) -> None:
     bank = actuated.runner.control.detectors.totals()
     assert {t.detector: t.count for t in bank} == dict(totals)
     assert {t.detector: pytest.approx(t.occupied_s, abs=0.01) for t in bank} == dict(occupied)
+
+
+def test_a_shorter_first_interval_staggers_the_cadence_and_loses_no_count() -> None:
+    """``first_interval_s``: the first interval ends early, every later one is a full
+    interval, and the counts still add up to the cabinet's counters."""
+    r = _run(interval_s=20.0, first_interval_s=5.0)
+    asyncio.run(r.run(50.0))
+    assert r.rec is not None
+    r.runner.telemetry.record_interval(r.runner, r.t)  # type: ignore[union-attr]
+    det = r.x.config.detectors[0]
+    spans = [
+        float(_field(p, "interval_s"))
+        for p in r.rec.of("signal_detector")
+        if _tag(p, "detector") == det.id
+    ]
+    assert spans == pytest.approx([5.0, 20.0, 20.0, 50.0 - 45.0 - 0.1], abs=0.11)
+    totals: dict[str, int] = defaultdict(int)
+    for p in r.rec.of("signal_detector"):
+        totals[str(_tag(p, "detector"))] += int(_field(p, "count"))
+    first, last = r.counts[0], r.counts[-1]
+    for d in r.x.config.detectors:
+        assert d.channel is not None
+        assert totals[d.id] == (last[d.channel] - first[d.channel]) % 65536, d.id
+    for bad in (0.0, -1.0, 21.0, math.nan):
+        with pytest.raises(ValueError, match="first_interval_s"):
+            _run(interval_s=20.0, first_interval_s=bad)
+
+
+def test_a_service_ends_its_intersections_intervals_at_different_moments() -> None:
+    """Intersection k of n: a first interval of (k+1)/n of the interval, so that a hundred of
+    them never record all their interval points in one step."""
+    cfg = load_config(Path(__file__).resolve().parents[2] / "config.yaml")
+    xs = cfg.intersections()
+    svc = SignalsService(
+        cfg.signals,
+        xs,
+        lambda: 0.0,
+        links={x.id: CoreLink(None, x.n, x.config.cabinet.channels, Clock()) for x in xs},  # type: ignore[arg-type]
+        mqtt=None,
+        topics=Topics("t"),
+        local_time=lambda: dt.datetime(2026, 11, 25, 8, 0),
+        telemetry=MemoryRecorder(),
+        detector_interval_s=60.0,
+    )
+    firsts = [r.telemetry.first_interval_s for r in svc.runners.values() if r.telemetry]
+    assert firsts == [30.0, 60.0]
 
 
 def test_decisions_are_recorded_when_they_change(actuated: Run) -> None:
