@@ -295,3 +295,45 @@ def test_buffered_reads_serve_small_reads_from_one_large_one() -> None:
         assert reads.fileno() == b.fileno()  # everything else is the socket's
     finally:
         b.close()
+
+
+async def test_receiving_leaves_no_cyclic_garbage(harness: Harness, mqtt_prefix: str) -> None:
+    # paho's topic matcher built a self-referencing closure per incoming message: six cyclic
+    # objects each that only the garbage collector frees, whose young-generation passes were
+    # the controller's longest event-loop pauses. Counted here with the collector off.
+    import gc
+
+    got, handler = collector()
+    sub = harness.link("sub")
+    sub.subscribe(f"{mqtt_prefix}/many/+", handler)
+    pub = harness.link("pub")
+    assert await sub.wait_connected(5) and await pub.wait_connected(5)
+    n = 1000
+    gc.collect()
+    gc.disable()
+    try:
+        await asyncio.gather(
+            *(pub.publish(f"{mqtt_prefix}/many/{i % 10}", b"x", qos=0) for i in range(n))
+        )
+        await wait_for(lambda: len(got) >= n, 10, what=f"all {n} messages")
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    print(f"{n} messages received: {garbage} cyclic garbage objects")
+    assert garbage < n // 10, f"{garbage} cyclic garbage objects for {n} messages"
+
+
+def test_topic_matcher_without_filters_matches_nothing_and_with_them_as_paho() -> None:
+    from paho.mqtt.matcher import MQTTMatcher
+
+    from devices.mqtt import _Matcher
+
+    empty = _Matcher()
+    assert list(empty.iter_match("a/b")) == []
+    ours, theirs = _Matcher(), MQTTMatcher()
+    for m in (ours, theirs):
+        m["a/+/c"] = 1
+        m["a/#"] = 2
+        m["$SYS/x"] = 3
+    for topic in ("a/b/c", "a/x", "b", "$SYS/x", "a/b/c/d"):
+        assert sorted(ours.iter_match(topic)) == sorted(theirs.iter_match(topic)), topic
