@@ -331,11 +331,17 @@ class MqttLink:
                 await self._dispatch(message)
             return
         while True:
-            await self._dispatch(await anext(messages))
-            for _ in range(_BURST - 1):
+            if queue.empty():
+                await self._dispatch(await anext(messages))
+            for _ in range(_BURST):
                 if queue.empty():
                     break
                 await self._dispatch(queue.get_nowait())
+            else:
+                # More is queued: one turn for the others (the signal loops), then on. Going
+                # back through the iterator instead would cost a task and a wait, i.e. two
+                # or three turns, each behind everything else that is ready.
+                await asyncio.sleep(0)
 
     async def _announce(self) -> None:
         assert self.on_connect is not None
