@@ -57,25 +57,37 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("amqtt").setLevel(logging.ERROR)
 
 
+#: Young-generation pass every this many allocations (CPython's default: 700).
+GC_YOUNG_EVERY = 2_000
+#: Middle-generation pass every this many young passes (default 10).
+GC_MIDDLE_EVERY = 50
+#: Full pass every this many middle passes (default 10).
+GC_FULL_EVERY = 100
+
+
 def tune_gc() -> None:
-    """Keep the cyclic garbage collector's full passes short and rare in a long-running process.
+    """Keep the cyclic garbage collector's pauses short in a long-running process.
 
     Everything built so far (config, schedules, code, the API) lives as long as the process:
-    ``gc.freeze()`` takes it out of the collector's sight. And a full pass every 100th instead
-    of every 10th second-generation pass: with 10,000 node states being replaced all the time,
-    the default made a 100-180 ms full pass every ~3 s — a stall that every group command's
-    fan-out waiting then (``cityctl bench scale``). And a young-generation pass every 10,000
-    allocations instead of 700: at full scale (10,000 lights, 100 intersections) the default
-    ran 15 young passes of ≈2 ms and 1.4 middle-generation passes of ≈5 ms a second: 3.8 s
-    of CPU in a 100 s run, against 0.8 s now. Memory is still freed by reference
-    counting at once; only cyclic garbage waits a little longer.
+    ``gc.freeze()`` takes it out of the collector's sight. What the collector then walks is
+    mostly the node states received since its last pass (a few objects per state, 400 states
+    a second at 10,000 lights), so a pass's pause grows with the time between passes while
+    the total stays the same; the thresholds choose many short pauses over few long ones,
+    because a pause is added to whatever is in flight — a group command's fan-out, a signal
+    step. Measured at full size (10,000 lights, 100 intersections, ``cityctl bench scale``,
+    after the MQTT link stopped making cyclic garbage per message): a young pass every
+    10,000 allocations paused 50-60 ms every ~20 s; every 2,000, 5-22 ms every ~2.6 s, for
+    ≈0.3 % of a core. The middle generation holds about every node's latest state (≈50 ms to
+    walk whenever it runs), so it runs every 50th young pass (≈2 min) instead of every 10th;
+    the full pass every 100th middle pass (the default made a 100-180 ms full pass every ~3 s
+    with 10,000 node states being replaced). Memory is still freed by reference counting at
+    once; only cyclic garbage (a few API requests) waits a little longer.
     """
     import gc
 
     gc.collect()
     gc.freeze()
-    _, t1, _ = gc.get_threshold()
-    gc.set_threshold(10_000, t1, 100)
+    gc.set_threshold(GC_YOUNG_EVERY, GC_MIDDLE_EVERY, GC_FULL_EVERY)
 
 
 def _run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
