@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_bench_scale_parser", "cmd_bench_scale"]
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_bench_scale(args: argparse.Namespace) -> int:
@@ -42,11 +47,17 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         print(f"--config: {opts.base_config} does not exist", file=sys.stderr)
         return 2
     progress = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    # SIGTERM's default kills this process at once and leaves the broker, the simulators and
+    # the controller it started running; as SystemExit it unwinds through the bench's
+    # clean-up, which stops them all (as Ctrl-C does).
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = run_scale_bench(opts, progress)
     except (ScaleError, BrokerError) as exc:
         print(f"bench scale failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     text = json.dumps(result, indent=2, ensure_ascii=False)
     if args.out:
         out = Path(args.out)

@@ -4,6 +4,7 @@ lost."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -81,3 +82,68 @@ def test_scale_cli_rejects_bad_options() -> None:
     )
     assert out.returncode == 2
     assert "--lights: must be at least 1" in out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sigterm_stops_every_process_the_bench_started(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    bench = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "controller.cli", "bench", "scale"),
+            *("--lights", "100", "--intersections", "1", "--duration", "60"),
+            *("--reference-messages", "0", "--keep", str(tmp_path / "run")),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    children: list[int] = []
+    try:
+        assert bench.stderr is not None
+        seen = []
+        for line in bench.stderr:  # progress lines; the steady state comes after convergence
+            seen.append(line)
+            if line.startswith("steady state"):
+                break
+        else:
+            raise AssertionError("the bench ended before its steady state:\n" + "".join(seen))
+        children = _children(bench.pid)
+        assert len(children) >= 4, children  # broker, cabinets, controller, nodes (+ watcher)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        alive = children
+        while alive and time.monotonic() < deadline:
+            alive = [p for p in alive if os.path.exists(f"/proc/{p}") and not _zombie(p)]
+            time.sleep(0.1)
+        assert alive == [], f"still running after the bench ended: {alive}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for pid in children:  # whatever the bench failed to stop must not outlive the test
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
