@@ -507,6 +507,9 @@ class _Matcher(MQTTMatcher):
     match and no generator is built; with some, paho's own search runs as before.
     """
 
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # paho's matcher is unannotated
+
     def iter_match(self, topic: str) -> Iterator[Any]:
         """The values of the filters matching ``topic`` (none when nothing is registered)."""
         if not self._root._children:
@@ -520,7 +523,7 @@ def _no_match_cycles(client: aiomqtt.Client) -> None:
     if isinstance(paho._on_message_filtered, MQTTMatcher) and not isinstance(
         paho._on_message_filtered, _Matcher
     ):
-        fresh = _Matcher()  # type: ignore[no-untyped-call]  # paho's matcher is unannotated
+        fresh = _Matcher()
         fresh._root = paho._on_message_filtered._root  # keeps any registered filter
         paho._on_message_filtered = fresh
 
