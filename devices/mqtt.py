@@ -322,8 +322,15 @@ class MqttLink:
         whatever else was ready (the signal steps): fan-outs waited for their own answers.
         Here only an empty inbox is waited for that way; what is already queued is taken
         directly, up to :data:`_BURST` messages per turn, so that a start-up flood of
-        thousands of states still lets the signal loops run between bursts.
+        thousands of states still lets the signal loops run between bursts. Nothing is handed
+        over before the ``on_connect`` announcement of this connection has finished.
         """
+        announcing = self._on_connect_task
+        if announcing is not None:
+            # What arrives is handled once the announcement is out, whatever the scheduling: a
+            # node reports its state before it answers a retained command, and the controller
+            # has re-sent its commands before it judges what the nodes report.
+            await asyncio.wait({announcing})
         messages = client.messages
         queue = getattr(client, "_queue", None)  # aiomqtt's inbox (private; see docstring)
         if not isinstance(queue, asyncio.Queue):
