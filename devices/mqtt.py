@@ -525,13 +525,13 @@ class _Matcher(MQTTMatcher):
 
 
 def _no_match_cycles(client: aiomqtt.Client) -> None:
-    """Give paho a :class:`_Matcher` (keeping any filter registered already)."""
+    """Give paho a :class:`_Matcher` (keeping any filter registered already). A paho without
+    that (private) attribute, or with another kind of matcher, is left as it is."""
     paho = client._client
-    if isinstance(paho._on_message_filtered, MQTTMatcher) and not isinstance(
-        paho._on_message_filtered, _Matcher
-    ):
+    current = getattr(paho, "_on_message_filtered", None)
+    if isinstance(current, MQTTMatcher) and not isinstance(current, _Matcher):
         fresh = _Matcher()
-        fresh._root = paho._on_message_filtered._root  # keeps any registered filter
+        fresh._root = current._root  # keeps any registered filter
         paho._on_message_filtered = fresh
 
 
