@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.aio import cancel_and_wait
+from controller.bench.mosquitto import free_port
 from controller.clock import ScaledClock
 from controller.config import CityConfig
 from controller.runtime import Controller
@@ -34,14 +35,6 @@ from simulator.traffic import CounterStats, RoadKind, TrafficSegment, run_traffi
 __all__ = ["EmbeddedBroker", "run_demo", "segments_for"]
 
 log = logging.getLogger("cityctl.demo")
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class EmbeddedBroker:
@@ -233,7 +226,7 @@ async def run_demo(
         for attempt in range(3):
             # A port found free can be taken by another program before the cabinet binds it;
             # then the whole pair is built again on new ports.
-            ports = {x.id: _any_free_port() for x in xs}
+            ports = {x.id: free_port() for x in xs}
             controller = Controller(
                 cfg,
                 clock=clock,
@@ -405,13 +398,6 @@ async def _signal_faults(site: SimulatedSite) -> None:
         for value in (9000, 120, 40000):
             cab.inject_garbage(IR.DET_COUNT + ch, value, 0.5)
             await asyncio.sleep(0.7)
-
-
-def _any_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _free_or(port: int) -> int:

@@ -8,6 +8,7 @@ keeps generous queues: floods and fan-out must not lose QoS 1 messages inside th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ __all__ = [
     "Mosquitto",
     "find_mosquitto",
     "free_port",
+    "free_ports",
 ]
 
 MOSQUITTO_CANDIDATES = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto")
@@ -50,11 +52,44 @@ def find_mosquitto() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A loopback port that was free a moment ago (bind port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port that was free a moment ago, below the kernel's ephemeral range.
+
+    A port from that range (what binding port 0 gives) can become the source port of any
+    outgoing connection on the machine at any moment, so a server stopped and started again on
+    it — a broker restart, a controller killed and restarted — could find it taken (a restarted
+    district instance once failed to bind its API port in the suite). See :func:`free_ports`.
+    """
+    return free_ports(1, host)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive loopback ports that were free a moment ago (checked
+    by binding them all), chosen at random between 10,000 and the kernel's ephemeral range.
+
+    Raises OSError when 200 tries found none.
+    """
+    import random
+
+    low = 32_768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    hi = max(low, 11_000 + count)
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, hi - count)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(sock)
+                sock.bind((host, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError(f"no {count} consecutive free ports found on {host}")
 
 
 def _port_open(host: str, port: int) -> bool:

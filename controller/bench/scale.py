@@ -60,7 +60,7 @@ from typing import IO, Any
 
 import yaml
 
-from controller.bench.mosquitto import Mosquitto, find_mosquitto
+from controller.bench.mosquitto import Mosquitto, find_mosquitto, free_port, free_ports
 from controller.lighting.fanout import percentile
 
 __all__ = [
@@ -293,37 +293,11 @@ def build_config(
 
 
 def _free_port_range(count: int, host: str = "127.0.0.1") -> int:
-    """The first of ``count`` consecutive free loopback ports (checked by binding them all)."""
-    import random
-
-    rng = random.Random()
-    # Below the kernel's ephemeral range: a port there can be taken at any moment by the
-    # source port of some outgoing connection (the bench's own, another test's).
-    low = 32_768
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    hi = max(low, 11_000 + count)
-    for _ in range(50):
-        base = rng.randrange(10_000, hi - count)
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind((host, p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise ScaleError(f"no {count} consecutive free ports found on {host}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """The first of ``count`` consecutive free loopback ports (see :func:`free_ports`)."""
+    try:
+        return free_ports(count, host)
+    except OSError as exc:
+        raise ScaleError(str(exc)) from None
 
 
 # -- the reference: Mosquitto's own tools -------------------------------------------------
@@ -679,7 +653,7 @@ def _run(
     # -- the config --------------------------------------------------------------------
     base = yaml.safe_load(opts.base_config.read_text(encoding="utf-8"))
     state = work / "state"
-    api_port = _free_port()
+    api_port = free_port()
     ports = (
         list(range(p0 := _free_port_range(opts.intersections), p0 + opts.intersections))
         if opts.intersections

@@ -19,16 +19,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from controller.bench.mosquitto import free_port
 
 __all__ = ["RawWriter", "VictoriaMetrics", "VictoriaMissing", "find_victoria_metrics"]
 
@@ -53,12 +53,6 @@ def find_victoria_metrics() -> str:
     )
 
 
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class VictoriaMetrics:
     """One server on a free loopback port with its own data directory.
 
@@ -74,7 +68,7 @@ class VictoriaMetrics:
             data_dir = Path(self._tmp.name)
         self.data_dir = Path(data_dir)
         self.host = "127.0.0.1"
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "victoria-metrics.log"
 

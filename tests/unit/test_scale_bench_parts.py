@@ -272,3 +272,24 @@ def test_verdict_and_table() -> None:
     unknown = _result(None, None, 100.0, 0)
     assert unknown["verdict"]["fanout_p99_ms"]["met"] is None
     assert "n/a" in format_table(unknown)
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
+    import socket
+    from pathlib import Path
+
+    from controller.bench.mosquitto import free_port, free_ports
+
+    # Ports the kernel may hand to outgoing connections at any moment are avoided: a server
+    # restarted on its port must find it free.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    base = free_ports(5)
+    assert base >= 10_000 and base + 5 <= low
+    socks = [socket.socket() for _ in range(5)]
+    try:
+        for i, sock in enumerate(socks):
+            sock.bind(("127.0.0.1", base + i))
+    finally:
+        for sock in socks:
+            sock.close()
+    assert 10_000 <= free_port() < low
