@@ -178,8 +178,8 @@ async def test_sigkill_in_the_middle_of_sending_then_restart(
             str(cfg_path),
             env=env,
             cwd=tmp_path,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=log,  # printed if the test fails
+            stderr=asyncio.subprocess.STDOUT,
         )
 
     proc = await start()
