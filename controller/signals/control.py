@@ -42,7 +42,7 @@ from controller.signals.engine import (
     NotAdoptable,
     PhaseEngine,
     Request,
-    shown_stage,
+    ShownState,
 )
 from controller.signals.model import Intersection, Signal
 from controller.signals.safety import SafetyMonitor, Violation
@@ -228,28 +228,28 @@ class IntersectionControl:
         self.monitor.check(now, self.output.signals)
         self.detectors.update_signals(self.output.signals, now)
 
-    def adopt(self, now: float, signals: Sequence[int]) -> str:
-        """Take over heads that already show ``signals``, a clean stage; returns the stage.
+    def adopt(self, now: float, signals: Sequence[int]) -> ShownState:
+        """Take over heads that already show ``signals``; returns the state taken over.
 
         For a controller restarted while the cabinet still follows its predecessor's outputs:
         instead of making the cabinet end those greens and winding down to all red, the
-        intersection carries on in the stage shown. ``signals`` must be a clean state of the
-        model (:func:`~controller.signals.engine.shown_stage`: one stage's greens, the rest
-        red, nothing in transition); the engine starts in that stage
-        (:meth:`~controller.signals.engine.PhaseEngine.start_in`: minimum and max green from
-        ``now``, every red taken as just cleared) and the monitor takes the same state over
-        (:meth:`~controller.signals.safety.SafetyMonitor.adopt`), each with its own checks.
-        The output is then exactly ``signals``: writing it changes nothing on the heads.
+        intersection carries on from what is shown — a stage's green, or a stage change on
+        its way to a stage (:func:`~controller.signals.engine.shown_state`: a yellow, a
+        pedestrian clearance, the all-red between). The engine starts there
+        (:meth:`~controller.signals.engine.PhaseEngine.adopt`: minimum and max green, walks
+        and clearances from ``now``, every red taken as just cleared) and the monitor takes
+        the same state over (:meth:`~controller.signals.safety.SafetyMonitor.adopt`), each
+        with its own checks. The output is then exactly ``signals``: writing it changes
+        nothing on the heads.
 
         Raises :class:`~controller.signals.engine.NotAdoptable` (a ``ValueError``) saying why,
         and changes nothing, when the display is not such a state.
         """
-        stage, walking = shown_stage(self.x, signals)
         engine = PhaseEngine(self.x, now=now, startup_red_s=self._startup_red_s)
-        engine.start_in(now, stage, walking)
+        state = engine.adopt(now, signals)
         out = engine.output
         if tuple(int(s) for s in out.signals) != tuple(int(c) for c in signals):
-            raise NotAdoptable(f"stage {stage!r} does not show exactly the display")  # a bug
+            raise NotAdoptable(f"state {state} does not show exactly the display")  # a bug
         monitor = SafetyMonitor(self.x)
         try:
             monitor.adopt(now, out.signals)
@@ -262,11 +262,12 @@ class IntersectionControl:
         self.monitor = monitor
         self.output = out
         self.flash_reason = None
-        # The stage was already green: not a stage change of ours, and its green start (for
-        # coordination) is unknown, so it is not fed to the downstream neighbour.
-        self._last_stage = stage
+        # A stage already green is not a stage change of ours, and its green start (for
+        # coordination) is unknown, so it is not fed to the downstream neighbour. A stage
+        # change taken over reaches its green under us: that one is ours, and counted.
+        self._last_stage = state.stage if state.phase == "green" else None
         self.detectors.update_signals(out.signals, now)
-        return stage
+        return state
 
     def flash(self, now: float, reason: str) -> None:
         """Go to flash on purpose (operator, cabinet fault); :meth:`restart` leaves it."""

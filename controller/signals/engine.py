@@ -34,14 +34,20 @@ The rules, in the order they bite:
 * **Flash** — :meth:`PhaseEngine.enter_flash` turns vehicles to FLASH_YELLOW and pedestrians
   DARK at once (flash is the safe state); :meth:`PhaseEngine.leave_flash` goes back through the
   startup all-red.
-* **Adoption** — :meth:`PhaseEngine.start_in` replaces the startup all-red with a stage the
-  heads *already* show (a controller restarted while the cabinet still follows the previous
-  one's outputs; :func:`shown_stage` recognises such a display). Nothing changes on the heads;
-  the history that nobody knows any more is assumed at its worst: every green started at the
-  adoption (its minimum green, the max green and the walk count from there — the green may
-  already have run, which only lengthens it), and every red group ended its clearance at the
-  adoption (the all-red and intergreen to a conflicting group count from there). The first
-  transition out of the stage is an ordinary one, with the model's full clearances.
+* **Adoption** — :meth:`PhaseEngine.adopt` replaces the startup all-red with what the heads
+  *already* show (a controller restarted while the cabinet still follows the previous one's
+  outputs): a stage's green (:func:`shown_stage` recognises a clean one;
+  :meth:`PhaseEngine.start_in` names it), and also a display caught in a transition — a
+  yellow, a pedestrian clearance, the all-red of a stage change (:func:`shown_state` tells
+  which stage it is in or on its way to). Nothing changes on the heads; the history that
+  nobody knows any more is assumed at its worst: every green started at the adoption (its
+  minimum green, the max green and the walk count from there — the green may already have
+  run, which only lengthens it), every clearance in progress started at the adoption (it runs
+  its full time from there, and the intergreen to a conflicting group counts from there), and
+  every red group ended its clearance at the adoption (the all-red and intergreen to a
+  conflicting group count from there). A transition taken over goes on to its stage by the
+  ordinary rules; the first transition out of a stage is an ordinary one, with the model's
+  full clearances.
 * **Confirmation** — :meth:`PhaseEngine.confirm` moves the changes of the latest output from
   the step's ``now`` to the moment the cabinet acknowledged them, so that a write that reached
   the heads late never shortens the clearance or all-red that follows it.
@@ -80,7 +86,9 @@ __all__ = [
     "Phase",
     "PhaseEngine",
     "Request",
+    "ShownState",
     "shown_stage",
+    "shown_state",
 ]
 
 TIME_EPS = 1e-9
@@ -139,6 +147,84 @@ def shown_stage(x: Intersection, signals: Sequence[int]) -> tuple[str, frozenset
             return sid, frozenset(x.groups[i].id for i in green - vehicles)
     shown = ", ".join(x.groups[i].id for i in sorted(green))
     raise NotAdoptable(f"signals: the greens {shown} are no stage of {x.id}")
+
+
+class ShownState(NamedTuple):
+    """How the engine can take over a display (:func:`shown_state`)."""
+
+    stage: str
+    """The stage shown (``phase`` green) or being entered (``phase`` clearance)."""
+    phase: Literal["green", "clearance"]
+    walking: frozenset[str]
+    """The crossings showing their walk (GREEN)."""
+
+
+_TAKEN_OVER: Final = {
+    GroupKind.VEHICLE: (Signal.GREEN, Signal.RED, Signal.YELLOW),
+    GroupKind.PEDESTRIAN: (Signal.GREEN, Signal.RED, Signal.PED_CLEARANCE),
+}
+
+
+def shown_state(x: Intersection, signals: Sequence[int]) -> ShownState:
+    """The engine state a display can be taken over as; else :class:`NotAdoptable` saying why.
+
+    Every group must show a code the engine itself shows outside flash — vehicles GREEN,
+    YELLOW or RED, crossings GREEN (walk), PED_CLEARANCE or RED; no two conflicting groups
+    open (GREEN, YELLOW, PED_CLEARANCE) at once; not all RED (a start-up, not a stage). Then:
+
+    * **green** of stage *S* — the vehicle greens are exactly *S*'s vehicle groups, no
+      vehicle shows YELLOW and every walking crossing is one of *S*'s (a clean stage, as
+      :func:`shown_stage` reads it, or one whose crossing is in its pedestrian clearance);
+    * else **clearance** towards stage *T* — every vehicle green is one of *T*'s groups (the
+      ones that stay green through a stage change, or already opened), no YELLOW vehicle is
+      (a group of *T* does not clear on the way to *T*), and every walking crossing is one
+      of *T*'s: the display is a stage change on its way to *T*.
+
+    The first stage in config order that fits is taken, a green before a clearance; the
+    engine's rules are per group, so any fit is a state it can run safely from.
+    """
+    if len(signals) != x.n:
+        raise NotAdoptable(f"signals: {len(signals)} codes for {x.n} groups")
+    codes: list[Signal] = []
+    for i, code in enumerate(signals):
+        g = x.groups[i]
+        try:
+            sig = Signal(int(code))
+        except ValueError:
+            raise NotAdoptable(f"signals[{g.id}]: {code!r} is no signal code") from None
+        if sig not in _TAKEN_OVER[g.kind]:
+            raise NotAdoptable(
+                f"signals[{g.id}]: {sig.name} is not shown by a {g.kind.value} group outside flash"
+            )
+        codes.append(sig)
+    if all(c is Signal.RED for c in codes):
+        raise NotAdoptable("signals: all red is a start-up, not a stage")
+    open_ = [c is not Signal.RED for c in codes]
+    for i in range(x.n):
+        for j in range(i + 1, x.n):
+            if open_[i] and open_[j] and (x.conflict[i][j] or x.conflict[j][i]):
+                raise NotAdoptable(
+                    f"signals: {x.groups[i].id} {codes[i].name} and {x.groups[j].id} "
+                    f"{codes[j].name} conflict"
+                )
+    is_ped = [g.kind is GroupKind.PEDESTRIAN for g in x.groups]
+    green_v = frozenset(i for i, c in enumerate(codes) if c is Signal.GREEN and not is_ped[i])
+    yellow_v = frozenset(i for i, c in enumerate(codes) if c is Signal.YELLOW)
+    walking = frozenset(i for i, c in enumerate(codes) if c is Signal.GREEN and is_ped[i])
+    walk_ids = frozenset(x.groups[i].id for i in walking)
+    stages = [
+        (sid, members, frozenset(i for i in members if not is_ped[i])) for sid, members in x.stages
+    ]
+    for sid, members, vehicles in stages:
+        if not yellow_v and green_v == vehicles and walking <= members:
+            return ShownState(sid, "green", walk_ids)
+    for sid, members, vehicles in stages:
+        if green_v <= vehicles and not (yellow_v & vehicles) and walking <= members:
+            return ShownState(sid, "clearance", walk_ids)
+    shown = ", ".join(
+        f"{x.groups[i].id} {c.name}" for i, c in enumerate(codes) if c is not Signal.RED
+    )
+    raise NotAdoptable(f"signals: {shown} is no stage of {x.id}, nor a change to one")
 
 
 class Request(NamedTuple):
@@ -328,16 +414,10 @@ class PhaseEngine:
     def start_in(self, now: float, stage: str, walking: Collection[str] = ()) -> None:
         """Start in ``stage``'s green, which the heads already show, instead of the all-red.
 
-        For a controller that takes over a cabinet still showing its predecessor's outputs
-        (see the module docstring, *Adoption*): the vehicle groups of ``stage`` and the crossings
-        named in ``walking`` are GREEN from ``now``, everything else RED. Only an engine still
-        in its start-up may do this (it has shown nothing but all red, so nothing it timed is
-        cut short). The unknown history is assumed at its worst: the greens' minimum, the walk
-        and the max green count from ``now``; every RED group ended its clearance at ``now``
-        (its green one clearance earlier), so the all-red and the intergreen to a conflicting
-        group run from there. The stage's other crossings count as served: none of them starts
-        a late walk before the stage's next turn (one may have just ended its clearance). Raises
-        ``ValueError`` naming the argument and why; nothing changes then.
+        :meth:`adopt` for a clean stage named by the caller: the vehicle groups of ``stage``
+        and the crossings named in ``walking`` are GREEN from ``now``, everything else RED,
+        taken over with the worst history (see :meth:`adopt`). Raises ``ValueError`` naming
+        the argument and why; nothing changes then.
         """
         if self._phase != "startup":
             raise ValueError(f"start_in: the engine is in {self._phase}, not in its start-up")
@@ -353,18 +433,52 @@ class PhaseEngine:
         if not green:
             raise ValueError(f"stage: {stage!r} with no walking crossing shows no green")
         self._advance_clock(now)
-        x = self._x
-        self._signals = [Signal.GREEN if i in green else Signal.RED for i in range(self._n)]
-        self._green_since = [now if i in green else None for i in range(self._n)]
+        signals = [Signal.GREEN if i in green else Signal.RED for i in range(self._n)]
+        self._take_over(now, signals, ShownState(stage, "green", frozenset(walking)))
+
+    def adopt(self, now: float, signals: Sequence[int]) -> ShownState:
+        """Take over heads that already show ``signals``, instead of the start-up all-red.
+
+        For a controller that takes over a cabinet still showing its predecessor's outputs
+        (see the module docstring, *Adoption*). ``signals`` must be a state the engine can run
+        from (:func:`shown_state`): a stage's green, or a stage change on its way to one. Only
+        an engine still in its start-up may do this (it has shown nothing but all red, so
+        nothing it timed is cut short). The output is then exactly ``signals``, and the
+        unknown history is assumed at its worst: the greens' minimum, the walks and the max
+        green count from ``now``; every YELLOW and PED_CLEARANCE started at ``now`` (its full
+        clearance from here, and the intergreen to a conflicting group too); every RED group
+        ended its clearance at ``now`` (its green one clearance earlier), so the all-red and
+        the intergreen to a conflicting group run from there. The crossings of the stage shown
+        or entered count as served: none of them starts a late walk before the stage's next
+        turn (one may have just ended its clearance). A stage change taken over opens the rest
+        of its stage by the ordinary rules. Returns the state taken over; raises
+        :class:`NotAdoptable` (a ``ValueError``) saying why, and changes nothing, when
+        ``signals`` is no such state or the engine has left its start-up.
+        """
+        if self._phase != "startup":
+            raise NotAdoptable(f"adopt: the engine is in {self._phase}, not in its start-up")
+        state = shown_state(self._x, signals)
+        self._advance_clock(now)
+        self._take_over(now, [Signal(int(c)) for c in signals], state)
+        return state
+
+    def _take_over(self, now: float, signals: list[Signal], state: ShownState) -> None:
+        """Set the state :meth:`adopt` describes (``signals`` and ``state`` agree)."""
+        stage = state.stage
+        walk = frozenset(self._ped_index[p] for p in state.walking)
+        inf = math.inf
+        self._signals = signals
+        self._green_since = [now if s is _GREEN else None for s in signals]
         self._green_end = [
-            -math.inf if i in green else now - x.clearance[i] for i in range(self._n)
+            -inf if s is _GREEN else now if s is not _RED else now - self._clearance[i]
+            for i, s in enumerate(signals)
         ]
-        self._red_since = [-math.inf if i in green else now for i in range(self._n)]
-        self._phase = "green"
+        self._red_since = [now if s is _RED else -inf for s in signals]
+        self._phase = state.phase
         self._stage = stage
-        self._stage_green_t = now
-        self._walk = frozenset(walk)
-        self._served = set(self._peds_of[stage])
+        self._stage_green_t = now if state.phase == "green" else None
+        self._walk = walk
+        self._served = set(self._peds_of[stage]) | walk
         self._out = self._build(now)
 
     def confirm(self, t: float) -> None:

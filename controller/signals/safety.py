@@ -26,10 +26,11 @@ every pedestrian group DARK or RED and nothing is open may follow anything. Leav
 the monitor's own start, when the history is unknown) must go through an all-RED output that
 lasts at least the largest all-red before anything opens.
 
-The one other way in is :meth:`SafetyMonitor.adopt`: heads that already show a steady state
-(every group GREEN or RED, no conflicting greens), taken over with the worst history the
-rules allow — the greens started then, the reds ended their clearance then — so that every
-later output is judged against minima that the real, longer history can only exceed.
+The one other way in is :meth:`SafetyMonitor.adopt`: heads that already show greens, reds
+and clearances (no conflicting open groups, nothing flashing), taken over with the worst
+history the rules allow — the greens and the clearances started then, the reds ended their
+clearance then — so that every later output is judged against minima that the real, longer
+history can only exceed.
 
 Times are the ``now`` of each check; a change is taken to happen at the first output that
 shows it — or, once :meth:`SafetyMonitor.confirm` says when the cabinet acknowledged that
@@ -154,14 +155,15 @@ class SafetyMonitor:
         """Take over heads that show ``signals`` from ``now`` on, with an unknown history.
 
         For a controller that takes over a cabinet still showing its predecessor's outputs.
-        Only a steady state can be taken over: every group GREEN or RED (nothing in a
-        clearance, whose start is unknown; nothing flashing or dark, which must leave through
-        the start-up all-red), and no two conflicting groups GREEN. The history is assumed at
-        its worst: every GREEN started at ``now``, so its minimum green counts from here; every
-        RED group ended its clearance at ``now`` (its green a clearance earlier), so the
-        all-red and the intergreen to a conflicting group count from here. The previous
-        history is forgotten, as after flash. Raises ``ValueError`` naming the group and why;
-        nothing changes then.
+        Every group must show GREEN or RED, or be in its own clearance (YELLOW for a vehicle
+        group, PED_CLEARANCE for a crossing — nothing flashing, dark or red-amber, which must
+        leave through the start-up all-red), and no two conflicting groups may be open. The
+        history is assumed at its worst: every GREEN started at ``now``, so its minimum green
+        counts from here; every clearance started at ``now``, so it must last its full time
+        from here and the intergreen to a conflicting group counts from here; every RED group
+        ended its clearance at ``now`` (its green a clearance earlier), so the all-red and the
+        intergreen to a conflicting group count from here. The previous history is forgotten,
+        as after flash. Raises ``ValueError`` naming the group and why; nothing changes then.
         """
         ids = self._ids
         if not math.isfinite(now) or now < self._last_t:
@@ -174,17 +176,23 @@ class SafetyMonitor:
                 sig = Signal(int(code))
             except ValueError:
                 raise ValueError(f"signals[{ids[k]}]: {code!r} is no signal code") from None
-            if sig not in (Signal.GREEN, Signal.RED):
-                raise ValueError(f"signals[{ids[k]}]: {sig.name} is no steady state to take over")
+            own_clearance = Signal.PED_CLEARANCE if self._is_ped[k] else Signal.YELLOW
+            if sig not in (Signal.GREEN, Signal.RED, own_clearance):
+                raise ValueError(f"signals[{ids[k]}]: {sig.name} is no state to take over")
             cur.append(sig)
         for i, j in self._pairs:
-            if cur[i] is Signal.GREEN and cur[j] is Signal.GREEN:
-                raise ValueError(f"signals: {ids[i]} and {ids[j]} conflict and are both GREEN")
+            if cur[i] in _OPEN and cur[j] in _OPEN:
+                raise ValueError(
+                    f"signals: {ids[i]} {cur[i].name} and {ids[j]} {cur[j].name} conflict"
+                )
         self._enter_recovery(list(cur))
         self._recovering = False
         for i, sig in enumerate(cur):
             if sig is Signal.GREEN:
                 self._green_on[i] = now
+            elif sig in _CLEARING:
+                self._clear_on[i] = now
+                self._green_end[i] = now
             else:
                 self._red_on[i] = now
                 self._clear_end[i] = now

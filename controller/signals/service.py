@@ -13,18 +13,19 @@ it wrote. Its first good read may *adopt* what the cabinet shows; everything els
 hand-over through all red, the way the cabinet's own rules (``docs/protocol.md`` §2) want it:
 
 * **adoption** — the controller restarted within the heartbeat timeout, so the cabinet still
-  follows the old process's outputs, and they are a clean state of the model: one stage's
-  greens, everything else red, nothing in transition
-  (:func:`~controller.signals.engine.shown_stage`). The runner takes them over at once: the
-  engine starts in that stage (:meth:`~controller.signals.control.IntersectionControl.adopt`:
-  minimum and max green count from now, every red as just cleared, the monitor takes the
-  same state over) and the runner writes the very same outputs with its own heartbeat,
-  continuing the old heartbeat's count, so nothing changes on the heads. Only when the
-  status is believable: *follow*, no fault, and the holding registers read back (the
-  commanded outputs, the command, heartbeat and commit) agree with what the status says is
-  displayed and was last applied. Anything else — a clearance or a pedestrian clearance in
-  progress, an unknown combination, a mismatch, a failed read-back — goes the local-plan way
-  below. (All red needs no adoption: the hand-over below takes it within a step.)
+  follows the old process's outputs, and they are a state the engine can run from: a stage's
+  greens, or a stage change on its way to one — yellows, pedestrian clearances, the all-red
+  between (:func:`~controller.signals.engine.shown_state`). The runner takes them over at
+  once: the engine starts there (:meth:`~controller.signals.control.IntersectionControl.adopt`:
+  minimum and max green, walks and clearances count from now, every red as just cleared, the
+  monitor takes the same state over) and the runner writes the very same outputs with its
+  own heartbeat, continuing the old heartbeat's count, so nothing changes on the heads. Only
+  when the status is believable: *follow*, no fault, and the holding registers read back
+  (the commanded outputs, the command, heartbeat and commit) agree with what the status says
+  is displayed and was last applied. Anything else — red-amber, flash codes, conflicting
+  open groups, a combination that is no stage nor a change to one, a mismatch, a failed
+  read-back — goes the local-plan way below. (All red needs no adoption: the hand-over below
+  takes it within a step.)
 * the cabinet is in start-up, in its local plan (it lost our heartbeat) or back from a
   heartbeat-loss flash: the runner writes all red with *follow*; the cabinet winds its plan down
   to all red and hands over; then the engine starts from its own all-red start-up;
@@ -343,7 +344,7 @@ class IntersectionRunner:
                     )
                 else:
                     try:
-                        stage = self.control.adopt(now, shown)
+                        state = self.control.adopt(now, shown)
                     except NotAdoptable as exc:
                         why = str(exc)
                     else:
@@ -353,9 +354,10 @@ class IntersectionRunner:
                         self._set_sync("control")
                         log.info(
                             "%s: cabinet still follows the previous controller's outputs, "
-                            "stage %s: adopted as shown",
+                            "%s %s: adopted as shown",
                             self.x.id,
-                            stage,
+                            "stage" if state.phase == "green" else "changing to stage",
+                            state.stage,
                         )
                         return
         self.stats.adoptions_refused += 1

@@ -336,29 +336,45 @@ async def test_a_controller_restart_while_the_cabinet_still_follows_adopts_the_s
             await again.stop()
 
 
-async def test_a_controller_restart_during_a_clearance_hands_over_through_the_local_plan() -> None:
-    """The controller dies while a cabinet shows a yellow: no clean state to adopt. The new
-    controller must not jump to its own all-red start (a yellow cut short) nor adopt: it asks
-    for the local plan, which ends the clearance properly, then takes over through all red."""
+async def test_a_controller_restart_during_a_clearance_takes_the_stage_change_over() -> None:
+    """The controller dies while a cabinet shows a yellow, and a new one starts within the
+    heartbeat timeout: it takes the stage change over as it stands — in control at its first
+    read, the same outputs written, no local plan, no all-red start of its own (which would cut
+    the yellow short) — and the yellow lasts its full clearance from the adoption; no fault on
+    either side."""
     async with site() as s:
-        target = s.xs[0].id
+        target = s.xs[0]
         yellow = int(Signal.YELLOW)
-        plan_entries = s.cabinets[target].stats.local_plan_entries
-        await kill_when(s, lambda xid, shown: xid != target or yellow in shown, 40)
+        plan_entries = s.cabinets[target.id].stats.local_plan_entries
+        await kill_when(s, lambda xid, shown: xid != target.id or yellow in shown, 40)
+        shown_at_kill = s.cabinets[target.id].shown
+        clearing = [i for i, c in enumerate(shown_at_kill) if c == yellow]
         again = restart(s)
         try:
             assert await wait_for(lambda: len(again.control_at) == len(s.xs), 30)
-            await asyncio.sleep(2)
-            r, cab = again.service.runners[target], s.cabinets[target]
+            assert await wait_for(
+                lambda: any(
+                    sh[clearing[0]] != yellow for _, sh in again.changes.get(target.id, [])
+                ),
+                15,
+            ), again.changes
+            await asyncio.sleep(1)
+            r, cab = again.service.runners[target.id], s.cabinets[target.id]
+            first_read, control_at = again.first_read[target.id], again.control_at[target.id]
+            ended = [t for t, sh in again.changes[target.id] if sh[clearing[0]] != yellow]
             print(
-                f"{target}: killed in a yellow; in control "
-                f"{again.control_at[target] - again.first_read[target]:.1f} s after the first "
-                f"read, through the local plan ({cab.stats.local_plan_entries - plan_entries} "
-                f"entry), {r.stats.handovers} hand-over"
+                f"{target.id}: killed showing {shown_at_kill}; in control "
+                f"{control_at - first_read:.2f} s after the first read (adopted, "
+                f"{cab.stats.local_plan_entries - plan_entries} local-plan entries); the yellow "
+                f"ended {ended[0] - control_at:.1f} s after that (clearance "
+                f"{target.clearance[clearing[0]]:g} s)"
             )
-            assert r.stats.adoptions == 0 and r.stats.adoptions_refused == 1
-            assert r.stats.handovers == 1
-            assert cab.stats.local_plan_entries == plan_entries + 1
+            assert r.stats.adoptions == 1 and r.stats.handovers == 0, r.stats
+            assert control_at - first_read <= 0.5
+            assert cab.stats.local_plan_entries == plan_entries
+            # The first change on the heads after the kill is the yellow's end, no sooner
+            # than its full clearance after the adoption.
+            assert ended[0] - first_read >= target.clearance[clearing[0]] - 0.15, again.changes
             for xid, rr in again.service.runners.items():
                 c = s.cabinets[xid]
                 assert rr.sync == "control" and c.mode is CabinetMode.FOLLOWING, xid

@@ -2,9 +2,10 @@
 
 ``controller/signals/service.py`` (module docstring, *adoption*): when the runner's first good
 read finds the cabinet following outputs that are not its own — the controller restarted
-within the heartbeat timeout — and they are a clean state of the model (one stage's greens,
-the rest red, nothing in transition), it carries on in that stage without a change on the
-heads; anything else goes through the cabinet's local plan as before.
+within the heartbeat timeout — and they are a state the engine can run from (one stage's
+greens, the rest red, or a stage change on its way to a stage: yellows, pedestrian clearances,
+the all-red between), it carries on from there without a change on the heads; anything else
+goes through the cabinet's local plan as before.
 
 * **Against the cabinet.** A previous controller (the real :class:`PhaseEngine`, written to
   the simulated cabinet's real :class:`~simulator.cabinet.CabinetCore`) runs a random stage,
@@ -12,16 +13,19 @@ heads; anything else goes through the cabinet's local plan as before.
   it (or of the way there); after a random gap — mostly within the 2 s heartbeat timeout,
   sometimes after it — a fresh :class:`IntersectionRunner` takes over through the real codec,
   on a simulated clock, with the built-in traffic model on the loops, and runs for minutes.
-  Neither the controller's monitor nor the cabinet's may object, ever. A clean display at
-  the first read (this file's own definition, :func:`clean_stage`) must be adopted at that
+  Neither the controller's monitor nor the cabinet's may object, ever. An adoptable display
+  at the first read (this file's own definition, :func:`adoptable`) must be adopted at that
   very step with nothing changing on the heads, every adopted green must last its minimum
-  counted from the adoption, and the first yellow and the first conflicting green after it
-  must keep the model's full clearance and intergreen; any other display must not be
-  adopted. Every stage of the shipped intersections is adopted at least once.
+  counted from the adoption, every adopted clearance its full time from the adoption, and
+  the first conflicting green after them must keep the model's full clearance and
+  intergreen (and the all-red after the reds, taken as just cleared); any other display must
+  not be adopted. Every stage of the shipped intersections is adopted at least once in its
+  green and in the change to it.
 * **Against lies.** Arbitrary displays, and clean ones whose holding registers or status
   disagree (another command, an uncommitted set, a different commanded output, a heartbeat
   or commit the status does not report, a fault code while following, a failed read-back):
-  adopted exactly when clean and consistent; otherwise the runner asks for the local plan.
+  adopted exactly when adoptable and consistent; otherwise the runner asks for the local
+  plan.
 * **The pure entry points** refuse what they cannot take over and change nothing, and the
   monitor still judges everything after an adoption (it is no back door).
 """
@@ -38,10 +42,17 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from controller.config import load_config
 from controller.signals.control import IntersectionControl
-from controller.signals.engine import NotAdoptable, PhaseEngine, Request, shown_stage
+from controller.signals.engine import (
+    NotAdoptable,
+    PhaseEngine,
+    Request,
+    shown_stage,
+    shown_state,
+)
 from controller.signals.model import (
     GroupKind,
     Intersection,
@@ -103,6 +114,39 @@ def clean_stage(x: Intersection, codes: Sequence[int]) -> str | None:
         if vehicles <= greens <= ids:
             return sid
     return None
+
+
+def adoptable(x: Intersection, codes: Sequence[int]) -> tuple[str, str] | None:
+    """This file's own reading of what may be taken over: (stage, "green" | "clearance").
+
+    A clean stage (:func:`clean_stage`) or a stage *S* whose vehicles are all green with a
+    crossing of any stage in its pedestrian clearance: its green. Otherwise a stage change on
+    its way to a stage *T*: the vehicle greens among *T*'s groups, no vehicle of *T* yellow,
+    the walking crossings *T*'s. Always: vehicles show only GREEN, YELLOW or RED, crossings
+    only GREEN, PED_CLEARANCE or RED, not all RED, no two conflicting groups open.
+    """
+    ped = {g.id for g in x.groups if g.kind is GroupKind.PEDESTRIAN}
+    shown = {g.id: c for g, c in zip(x.groups, codes, strict=True)}
+    ped_ok, veh_ok = (_G, _R, int(Signal.PED_CLEARANCE)), (_G, _R, _Y)
+    if any(c not in (ped_ok if gid in ped else veh_ok) for gid, c in shown.items()):
+        return None
+    opened = {gid for gid, c in shown.items() if c != _R}
+    if not opened:
+        return None
+    for i, j in ((i, j) for i in range(x.n) for j in range(x.n) if x.conflict[i][j]):
+        if x.groups[i].id in opened and x.groups[j].id in opened:
+            return None
+    green_v = {gid for gid in opened - ped if shown[gid] == _G}
+    yellow_v = {gid for gid in opened - ped if shown[gid] == _Y}
+    walking = {gid for gid in opened & ped if shown[gid] == _G}
+    fits = []
+    for sid, members in x.stages:
+        ids = {x.groups[i].id for i in members}
+        if green_v == ids - ped and not yellow_v and walking <= ids:
+            return sid, "green"
+        if green_v <= ids - ped and not (yellow_v & ids) and walking <= ids:
+            fits.append(sid)
+    return (fits[0], "clearance") if fits else None
 
 
 class Clock:
@@ -224,7 +268,8 @@ async def _restart(
     gap_s: float,
     level: float,
     seed: int,
-) -> None:
+) -> tuple[int, ...]:
+    """Run the scene (see the module docstring); returns the display at the first read."""
     clock = Clock()
     groups, dets = traffic_specs(x)
     traffic = IntersectionTraffic(groups, dets, SignalDemand(group_demand(x), level), seed=seed)
@@ -248,10 +293,12 @@ async def _restart(
     t = clock.tick()
     core.tick(t)
     shown, mode = core.shown, core.mode
-    want = clean_stage(x, shown) if mode is CabinetMode.FOLLOWING else None
-    note(
-        f"killed at {killed_at:.1f} showing {shown_at_kill}; first read at {t:.1f}: {mode.name} {shown}"
-    )
+    want = adoptable(x, shown) if mode is CabinetMode.FOLLOWING else None
+    said = f"killed at {killed_at:.1f} showing {shown_at_kill}; first read at {t:.1f}: {mode.name} {shown}"
+    if currently_in_test_context():
+        note(said)
+    else:
+        print(said)
     await r.step()
     assert core.stats.faults == 0, core.last_fault
     assert r.control.stats.violations == 0, r.alarms
@@ -261,18 +308,23 @@ async def _restart(
     if want is not None:
         # Adopted at the first read; the same outputs written with the next heartbeat.
         assert r.stats.adoptions == 1 and r.sync == "control", (r.sync, r.alarms)
-        assert r.control.output.stage == want and r.control.output.phase == "green"
+        out = r.control.output
+        assert out.stage == want[0], (out, want)
+        # A stage change whose stage is all open already is in its green at this very step.
+        assert out.phase == want[1] or out.phase == "green", (out, want)
         assert core.shown == shown and core.mode is CabinetMode.FOLLOWING
         assert link.writes == [(t, shown, (old.hb + 1) & 0xFFFF, int(Command.FOLLOW))]
-        TALLY.adopted.setdefault(x.id, set()).add(want)
+        TALLY.adopted.setdefault(x.id, set()).add(f"{want[0]} {want[1]}")
     else:
         assert r.stats.adoptions == 0 and r.sync != "control"
         if mode is CabinetMode.FOLLOWING and any(c != _R for c in shown):
-            # Not clean: the cabinet's local plan ends those greens and clearances.
+            # Nothing the engine could run from: the cabinet's local plan ends those greens.
             assert link.writes == [(t, (_R,) * x.n, 1, int(Command.LOCAL_PLAN))]
             TALLY.refused += 1
     adopted_at = t
     adopted = [i for i, c in enumerate(shown) if c == _G] if want is not None else []
+    clearing = [i for i, c in enumerate(shown) if c not in (_G, _R)] if want is not None else []
+    reds = [i for i, c in enumerate(shown) if c == _R] if want is not None else []
     green_end: dict[int, float] = {}
     clear_end: dict[int, float] = {}
     opened: dict[int, float] = {}
@@ -295,6 +347,8 @@ async def _restart(
         for i, (p, c) in enumerate(zip(prev, now, strict=True)):
             if i in adopted and p == _G and c != _G and i not in green_end:
                 green_end[i] = t
+            if i in clearing and i not in green_end:
+                green_end[i] = adopted_at  # its clearance counts from the adoption
             if i in green_end and i not in clear_end and p != _R and c == _R:
                 clear_end[i] = t
             if p != _G and c == _G and i not in opened:
@@ -303,6 +357,20 @@ async def _restart(
     assert r.sync == "control" and core.mode is CabinetMode.FOLLOWING, (r.sync, core.mode)
     if mode is CabinetMode.FOLLOWING and want is None and any(c != _R for c in shown):
         TALLY.local_plan += core.stats.local_plan_entries >= 1
+    # The clearances taken over: each runs its full time from the adoption, and a conflicting
+    # group opens no sooner than the model's intergreen after it (from the adoption).
+    for i in clearing:
+        assert clear_end[i] - adopted_at >= x.clearance[i] - 1e-6, (x.groups[i].id, clear_end)
+        for j, at in opened.items():
+            if x.conflict[i][j]:
+                assert at - adopted_at >= x.intergreen[i][j] - 1e-6, (i, j, at)
+    # The reds taken over ended their clearance at the adoption, for all anyone knows: the
+    # first conflicting green waits their all-red from there.
+    for i in reds:
+        for j, at in opened.items():
+            if x.conflict[i][j] and (i not in opened or opened[i] > at):
+                assert at - adopted_at >= x.all_red(i, j) - 1e-6, (i, j, at)
+    return shown
     # The adopted greens: their minimum from the adoption, then the model's full clearance,
     # and no conflicting green before the model's intergreen after their end.
     for i in adopted:
@@ -362,7 +430,42 @@ def test_a_restart_within_the_timeout_adopts_a_clean_stage_and_nothing_objects(
     asyncio.run(_restart(x, stage, *args))
     if data is None:
         # The deterministic example killed the old controller with the stage clean: adopted.
-        assert stage in TALLY.adopted.get(x.id, set()), (x.id, stage)
+        assert f"{stage} green" in TALLY.adopted.get(x.id, set()), (x.id, stage)
+
+
+def _change_into(x: Intersection, stage: str) -> str:
+    """A stage whose change into ``stage`` ends some vehicle green (a yellow to take over)."""
+    members = dict(x.stages)[stage]
+    for sid, other in x.stages:
+        if any(x.groups[i].kind is GroupKind.VEHICLE and i not in members for i in other):
+            return sid
+    raise AssertionError(f"no stage of {x.id} ends a green on the way to {stage}")
+
+
+@pytest.mark.parametrize(("x", "stage"), CASES, ids=[f"{x.id}:{s}" for x, s in CASES])
+@pytest.mark.parametrize("kill_after_s", [0.5, 2.0, 4.5])
+def test_a_restart_during_a_stage_change_takes_the_change_over(
+    x: Intersection, stage: str, kill_after_s: float
+) -> None:
+    """Killed 0.5 s, 2 s and 4.5 s into the change to each stage (a yellow, then the all-red
+    and the first new greens), restarted 1 s later: the change is taken over where it
+    stands — nothing changes on the heads, the clearances run their full time from the
+    adoption — and goes on to the stage; neither monitor objects (:func:`_restart`)."""
+    before = _change_into(x, stage)
+    if before == stage:
+        before = next(s for s, _ in x.stages if s != stage)
+    peds = frozenset(_peds_of(x, stage))
+    TALLY.adopted.pop(x.id, None)
+    shown = asyncio.run(_restart(x, stage, before, 30.0, peds, True, kill_after_s, 1.0, 0.6, 1))
+    taken = TALLY.adopted.get(x.id, set())
+    if set(shown) == {_R}:
+        # The all-red between: no adoption, the ordinary hand-over (all red with follow).
+        assert not taken, taken
+        return
+    assert taken, f"{x.id}: nothing adopted {kill_after_s} s into the change to {stage}"
+    if kill_after_s == 0.5:
+        # A yellow: a change (the display does not say to which stage: the first that fits).
+        assert len(taken) == 1 and taken.pop().endswith(" clearance"), taken
 
 
 # -- 2. displays that are not clean, and statuses that do not add up ------------------------------
@@ -449,7 +552,7 @@ def _judge_first_step(
     x: Intersection, codes: tuple[int, ...], lie: str, hb: int, tally: dict[str, int]
 ) -> None:
     r, link = _first_step(x, codes, lie, hb)
-    want = clean_stage(x, codes) is not None and lie == "none"
+    want = adoptable(x, codes) is not None and lie == "none"
     all_red = (_R,) * x.n
     if want:
         assert r.stats.adoptions == 1 and r.sync == "control"
@@ -467,7 +570,7 @@ def _judge_first_step(
         tally["refused"] += 1
 
 
-def test_only_a_clean_display_with_a_consistent_status_is_adopted() -> None:
+def test_only_an_adoptable_display_with_a_consistent_status_is_adopted() -> None:
     tally = {"adopted": 0, "refused": 0, "all_red": 0}
 
     @settings(max_examples=400, deadline=None, database=None)
@@ -630,10 +733,76 @@ def test_a_group_opening_without_a_leaving_one_waits_the_all_red_of_the_adopted_
     assert opened - 20.0 >= need - 1e-9, opened
 
 
-def test_the_monitor_adopts_only_a_steady_state_and_still_judges_everything_after() -> None:
+def test_shown_state_reads_greens_and_stage_changes_and_names_what_is_neither() -> None:
+    pc = int(Signal.PED_CLEARANCE)
+    # A clean stage, and the same with a crossing in its pedestrian clearance: its green.
+    assert shown_state(X, _codes(X, N_T=_G, S_T=_G, P_E=_G)) == ("NS", "green", {"P_E"})
+    assert shown_state(X, _codes(X, N_T=_G, S_T=_G, P_E=pc)) == ("NS", "green", frozenset())
+    # NS -> EW: the yellows, then the all-red, then EW's first greens.
+    assert shown_state(X, _codes(X, N_T=_Y, S_T=_Y))[:2] == ("NS_L", "clearance")
+    assert shown_state(X, _codes(X, E_T=_G, P_N=_G)) == ("EW", "clearance", {"P_N"})
+    # N_LEAD -> NS on ql1a-thd: N_T stays green, N_L clears, S_T not yet open.
+    thd = next(x for x in SHIPPED if x.id == "ql1a-thd")
+    assert shown_state(thd, _codes(thd, N_T=_G, N_L=_Y)) == ("NS", "clearance", frozenset())
+    assert shown_state(thd, _codes(thd, N_T=_G)) == ("NS", "clearance", frozenset())
+    for codes, reason in (
+        (_codes(X, P_E=_Y), "signals[P_E]: YELLOW is not shown by a pedestrian group"),
+        (_codes(X, N_T=pc), "signals[N_T]: PED_CLEARANCE is not shown by a vehicle group"),
+        (_codes(X, N_T=int(Signal.RED_AMBER)), "signals[N_T]: RED_AMBER"),
+        (_codes(X, N_T=int(Signal.FLASH_YELLOW)), "signals[N_T]: FLASH_YELLOW"),
+        (_codes(X, P_E=int(Signal.DARK)), "signals[P_E]: DARK"),
+        (_codes(X, N_T=9), "signals[N_T]: 9 is no signal code"),
+        (_codes(X), "all red"),
+        (_codes(X, N_T=_G, E_T=_Y), "N_T GREEN and E_T YELLOW conflict"),
+        # Half a stage clearing while its other half stays green: no change of this model.
+        (_codes(X, E_T=_G, W_T=_Y), "E_T GREEN, W_T YELLOW is no stage of ql1a-lct, nor a"),
+        (_codes(X)[:-1], "11 codes for 12 groups"),
+    ):
+        with pytest.raises(NotAdoptable, match=re.escape(reason)):
+            shown_state(X, codes)
+
+
+def test_an_adopted_clearance_runs_its_full_time_and_its_intergreen_from_the_adoption() -> None:
+    """NS's yellows at the adoption, EW asked for at once: each yellow lasts its clearance
+    from the adoption (it may have been on for a while: that only lengthens it) and EW opens
+    no sooner than the intergreen after it, in the engine and in the monitor."""
+    e = PhaseEngine(FOUR, now=7.0)
+    shown = _codes(FOUR, N_T=_Y, S_T=_Y)
+    state = e.adopt(7.0, shown)
+    assert state == ("NS_L", "clearance", frozenset())
+    assert [int(c) for c in e.output.signals] == shown
+    mon = SafetyMonitor(FOUR)
+    mon.adopt(7.0, e.output.signals)
+    with pytest.raises(NotAdoptable, match="not in its start-up"):
+        e.adopt(7.0, shown)
+    n_t, e_t = FOUR.index["N_T"], FOUR.index["E_T"]
+    t, red_at, green_at = 7.0, None, None
+    while green_at is None:
+        t = round(t + 0.1, 6)
+        out = e.step(t, Request(next_stage="EW_T", end_green=True))
+        assert mon.check(t, out.signals) == []
+        if red_at is None and out.signals[n_t] is Signal.RED:
+            red_at = t
+        if out.signals[e_t] is Signal.GREEN:
+            green_at = t
+        assert t < 60.0
+    assert red_at is not None and red_at - 7.0 >= FOUR.clearance[n_t] - 1e-9
+    assert green_at - 7.0 >= FOUR.intergreen[n_t][e_t] - 1e-9
+    # The monitor on its own: the adopted yellow cut short, or a conflicting group opened
+    # before the intergreen from the adoption, is caught.
+    early = list(shown)
+    early[n_t] = _R
+    m = SafetyMonitor(FOUR)
+    m.adopt(7.0, shown)
+    assert [v.kind for v in m.check(7.0 + FOUR.clearance[n_t] - 0.5, early)] == ["short_clearance"]
+
+
+def test_the_monitor_adopts_only_what_can_be_taken_over_and_still_judges_everything_after() -> None:
     mon = SafetyMonitor(FOUR)
     for codes, reason in (
-        (_codes(FOUR, N_T=_G, S_T=_Y), "S_T.*YELLOW"),
+        (_codes(FOUR, N_T=_G, P_N=_Y), "P_N.*YELLOW"),
+        (_codes(FOUR, N_T=int(Signal.PED_CLEARANCE)), "N_T.*PED_CLEARANCE"),
+        (_codes(FOUR, N_T=_G, E_T=_Y), "conflict"),
         (_codes(FOUR, N_T=_G, E_T=_G), "conflict"),
         (_codes(FOUR, N_T=int(Signal.FLASH_YELLOW)), "FLASH_YELLOW"),
         (_codes(FOUR, N_T=11), "no signal code"),
@@ -674,11 +843,13 @@ def test_the_monitor_adopts_only_a_steady_state_and_still_judges_everything_afte
 def test_control_adopt_changes_nothing_when_it_refuses() -> None:
     c = IntersectionControl(X, now=0.0)
     engine, monitor = c.engine, c.monitor
-    with pytest.raises(NotAdoptable, match="YELLOW"):
-        c.adopt(1.0, _codes(X, N_T=_G, S_T=_Y))
+    with pytest.raises(NotAdoptable, match="RED_AMBER"):
+        c.adopt(1.0, _codes(X, N_T=_G, S_T=int(Signal.RED_AMBER)))
+    with pytest.raises(NotAdoptable, match="E_T YELLOW conflict"):
+        c.adopt(1.0, _codes(X, N_T=_G, E_T=_Y))
     assert c.engine is engine and c.monitor is monitor and c.stats.adoptions == 0
     ns = [_G if i in dict(X.stages)["NS"] else _R for i in range(X.n)]
-    assert c.adopt(1.0, ns) == "NS"
+    assert c.adopt(1.0, ns) == ("NS", "green", frozenset({"P_E", "P_W"}))
     assert c.stats.adoptions == 1 and c.stats.stage_changes == 0
     assert [int(s) for s in c.output.signals] == ns
     st_ = c.step(1.1, 600)
