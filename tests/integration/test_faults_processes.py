@@ -50,7 +50,7 @@ import yaml
 
 from controller.config import CityConfig, parse_config
 from controller.signals.service import link_for, with_cabinets
-from devices.cabinet import CabinetMode, CabinetStatus, FaultCode, RegisterError
+from devices.cabinet import CabinetMode, CabinetStatus, FaultCode, RegisterError, SignalCode
 from devices.lights import LightCommand, NodeMode, NodeState, PayloadError, Topics, decode
 from devices.modbus import CabinetError, CabinetLink
 from devices.mqtt import MqttLink, MqttSettings
@@ -908,11 +908,15 @@ async def test_controller_sigkill_restart_converges_and_keeps_state(
         watchdog = []
         adopted = {st["intersection"]: st["stats"]["adoptions"] for st in statuses}
         unchanged: dict[str, bool] = {}
+        clearing: dict[str, bool] = {}  # a clearance under way when the old process died
         for p in probes:
             after = p.since(t_kill)
             left = [st for at, st in after if at > t_kill + 0.05 and at <= control_at[p.xid]]
             unchanged[p.xid] = bool(left) and all(
                 st.following and st.displayed == left[0].displayed for st in left
+            )
+            clearing[p.xid] = bool(left) and any(
+                c in (SignalCode.YELLOW, SignalCode.PED_CLEARANCE) for c in left[0].displayed
             )
             local = next((at for at, st in after if st.mode is CabinetMode.LOCAL_PLAN), None)
             handed = next(
@@ -934,7 +938,9 @@ async def test_controller_sigkill_restart_converges_and_keeps_state(
         def how(xid: str, c: dict[str, float | None]) -> str:
             if c["local"] is not None:
                 return f"its own clearance {rel(c['handed']) - rel(c['local']):.1f} s"
-            return "adopted as shown" if adopted.get(xid) else "all red handed over"
+            if adopted.get(xid):
+                return "adopted in a clearance" if clearing[xid] else "adopted as shown"
+            return "all red handed over"
 
         per_x = "; ".join(
             f"{xid}: cabinet written {rel(c['written']):.2f} s, {how(xid, c)},"
