@@ -37,6 +37,7 @@ def cmd_bench_scale(args: argparse.Namespace) -> int:
         base_config=Path(args.config),
         profile=Path(args.profile) if args.profile else None,
         keep=Path(args.keep) if args.keep else None,
+        controller_cpu=args.controller_cpu,
     )
     try:
         opts.check()
@@ -132,6 +133,13 @@ def add_bench_scale_parser(bsub: Any) -> None:
         type=int,
         default=50_000,
         help="messages per mosquitto_pub/sub reference run (0: skip; default: %(default)s)",
+    )
+    b.add_argument(
+        "--controller-cpu",
+        type=int,
+        metavar="N",
+        help="pin the controller to CPU N and the broker, the simulators and the bench to the "
+        "others (the controller's box apart from the street; default: no pinning)",
     )
     b.add_argument("--profile", metavar="FILE", help="run the controller under cProfile, dump here")
     b.add_argument("--keep", metavar="DIR", help="work in DIR and keep config, logs and outbox")

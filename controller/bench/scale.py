@@ -115,6 +115,10 @@ class ScaleOptions:
     base_config: Path = SHIPPED_CONFIG
     profile: Path | None = None
     keep: Path | None = None
+    controller_cpu: int | None = None
+    """Pin the controller to this CPU and everything else the bench runs (the broker, the
+    simulators, the bench itself) to the others: the controller's box apart from the street
+    it drives. None: every process may run on every CPU (the default, and the harder case)."""
 
     def check(self) -> None:
         """Raise ValueError naming the option (as ``cityctl bench scale`` spells it) and the
@@ -133,6 +137,16 @@ class ScaleOptions:
             (self.settle_s >= 0, "settle", "must be 0 or more"),
             (self.reference_messages >= 0, "reference-messages", "must be 0 or more"),
         ]
+        if self.controller_cpu is not None:
+            cpus = _usable_cpus()
+            checks.append(
+                (
+                    self.controller_cpu in cpus and len(cpus) >= 2,
+                    "controller-cpu",
+                    f"must be one of this process's CPUs {sorted(cpus)}, leaving at least one "
+                    "for the rest",
+                )
+            )
         for ok, name, why in checks:
             if not ok:
                 raise ValueError(f"{name}: {why}")
@@ -606,8 +620,40 @@ def run_scale_bench(
         extra_config="sys_interval 1\nset_tcp_nodelay true",
     )
     closers: list[Callable[[], None]] = []
-    with _cleanup(procs, broker, closers, tmp if opts.keep is None else None):
+    with (
+        _cleanup(procs, broker, closers, tmp if opts.keep is None else None),
+        _street_cpus(opts.controller_cpu),
+    ):
         return _run(opts, say, work, logs, procs, broker, closers, wall0, load0)
+
+
+def _usable_cpus() -> set[int]:
+    """The CPUs this process may run on (all of them where affinity is not supported)."""
+    getter = getattr(os, "sched_getaffinity", None)
+    return set(getter(0)) if getter is not None else set(range(os.cpu_count() or 1))
+
+
+def _cpus_of(pid: int) -> list[int] | None:
+    """The CPUs process ``pid`` may run on (None if it is gone or affinity is unsupported)."""
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def _street_cpus(controller_cpu: int | None) -> Iterator[None]:
+    """With a controller CPU: this process (and so every child it starts, which inherits it)
+    runs on the other CPUs until the end; the controller is moved to its own when started."""
+    if controller_cpu is None:
+        yield
+        return
+    before = _usable_cpus()
+    os.sched_setaffinity(0, before - {controller_cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 @contextlib.contextmanager
@@ -736,6 +782,9 @@ def _run(
     t_start = time.monotonic()
     ctl = _spawn("controller", ctl_argv, env, logs)
     procs.append(ctl)
+    if opts.controller_cpu is not None:
+        # Before the interpreter has started any thread: they all inherit it.
+        os.sched_setaffinity(ctl.pid, {opts.controller_cpu})
     api = _Api(api_port, token)
     last: dict[str, Any] = {}
 
@@ -852,6 +901,7 @@ def _run(
                 next_change = time.monotonic()  # the API lags: no burst to catch up
         time.sleep(max(0.0, min(next_change, next_sample, t_end) - time.monotonic()))
     s1 = {k: proc_sample(pid) for k, pid in pids.items()}
+    cpus_of = {k: _cpus_of(pid) for k, pid in pids.items()}  # while they all still run
     h1 = api.health() or {}
     window = (
         s1["controller"].at - s0["controller"].at if s0["controller"] and s1["controller"] else 0.0
@@ -957,6 +1007,7 @@ def _run(
             "node_tick_hz": opts.node_tick_hz,
             "telemetry": "on, local outbox (no database)",
             "profiled": opts.profile is not None,
+            "controller_cpu": opts.controller_cpu,
         },
         "controller": {
             "cpu_pct_of_core": cpu,
@@ -1000,6 +1051,7 @@ def _run(
             "total": lost_total,
         },
         "processes_cpu_pct_of_core": {k: share(k) for k in pids},
+        "processes_cpus": cpus_of,
         "simulator": sim_stats,
         "reference": reference,
         "targets": dict(TARGETS),
@@ -1083,6 +1135,11 @@ def format_table(r: Mapping[str, Any]) -> str:
         f"{s['intersections']} intersections at {1 / s['signal_step_s']:g} Hz; "
         f"{s['duration_s']:g} s steady state, {s['changes_per_s']:g} group changes/s"
         + (" — PROFILED, CPU figures inflated" if s["profiled"] else ""),
+        (
+            f"controller pinned to CPU {s['controller_cpu']}, everything else on the other CPUs"
+            if s.get("controller_cpu") is not None
+            else "every process on every CPU (no pinning)"
+        ),
         "",
         f"{'what':<44} {'measured':>14} {'target':>10} {'':>4}",
         "-" * 76,

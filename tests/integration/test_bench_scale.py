@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_scale_bench_small(tmp_path: Path) -> None:
+    """A small run, with the controller pinned to a CPU of its own (``--controller-cpu``) when
+    the machine has two or more: every other process the bench started runs on the rest, and
+    the bench's own affinity is back as it was afterwards."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = cpus[-1] if len(cpus) >= 2 else None
     opts = ScaleOptions(
         lights=200,
         intersections=2,
@@ -24,9 +30,20 @@ def test_scale_bench_small(tmp_path: Path) -> None:
         settle_s=1.0,
         reference_messages=2000,
         keep=tmp_path / "run",
+        controller_cpu=pin,
     )
     r = run_scale_bench(opts)
     json.dumps(r)  # JSON-able as it is
+    assert sorted(os.sched_getaffinity(0)) == cpus
+    assert r["setup"]["controller_cpu"] == pin
+    if pin is not None:
+        rest = [c for c in cpus if c != pin]
+        assert r["processes_cpus"] == {
+            "controller": [pin],
+            "broker": rest,
+            "sim_cabinets": rest,
+            "sim_lights_1": rest,
+        }, r["processes_cpus"]
 
     s = r["setup"]
     assert (s["lights"], s["groups"], s["intersections"]) == (200, 2, 2)

@@ -187,6 +187,7 @@ def test_generated_config_needs_one_port_per_intersection() -> None:
         ({"sim_processes": 3, "lights": 2}, "sim-processes"),
         ({"changes_per_s": -1}, "changes-per-s"),
         ({"intersections": 1000}, "intersections"),
+        ({"controller_cpu": 4096}, "controller-cpu: must be one of this process's CPUs"),
     ],
 )
 def test_options_name_the_bad_field(change: dict[str, Any], message: str) -> None:
