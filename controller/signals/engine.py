@@ -138,15 +138,19 @@ def shown_stage(x: Intersection, signals: Sequence[int]) -> tuple[str, frozenset
                 f"signals[{x.groups[i].id}]: {sig.name} is a transition or flash, not a stage"
             )
         codes.append(sig)
-    green = frozenset(i for i, c in enumerate(codes) if c is Signal.GREEN)
+    green = [i for i, c in enumerate(codes) if c is Signal.GREEN]
     if not green:
         raise NotAdoptable("signals: all red is a start-up, not a stage")
-    for sid, members in x.stages:
-        vehicles = {i for i in members if x.groups[i].kind is GroupKind.VEHICLE}
-        if green >= vehicles and green <= members:
-            return sid, frozenset(x.groups[i].id for i in green - vehicles)
-    shown = ", ".join(x.groups[i].id for i in sorted(green))
-    raise NotAdoptable(f"signals: the greens {shown} are no stage of {x.id}")
+    # With greens and reds only, shown_state's green is exactly this: a stage's vehicle groups
+    # all green, every green one of its groups.
+    try:
+        state: ShownState | None = shown_state(x, codes)
+    except NotAdoptable:
+        state = None
+    if state is None or state.phase != "green":
+        shown = ", ".join(x.groups[i].id for i in green)
+        raise NotAdoptable(f"signals: the greens {shown} are no stage of {x.id}")
+    return state.stage, state.walking
 
 
 class ShownState(NamedTuple):
