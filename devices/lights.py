@@ -271,6 +271,7 @@ ALARM_KINDS = (
     "power_out_of_band",
     "driver_failure",
     "supply_lost",
+    "wrong_group",
 )
 
 
@@ -284,6 +285,7 @@ class AlarmEntry(_Payload):
         "power_out_of_band",
         "driver_failure",
         "supply_lost",
+        "wrong_group",
     ]
     since: dt.datetime
     detail: str = ""

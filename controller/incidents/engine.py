@@ -24,6 +24,8 @@ kind                   severity  why
 ``lamp_failure``       major     a dark lamp
 ``supply_lost``        major     the node reports no mains supply (the lamp is dark)
 ``driver_failure``     major     the node reports a failed LED driver
+``wrong_group``        major     the node says it is in another group: it follows that group's
+                                 commands, not its own (a commissioning error)
 ``database_down``      major     telemetry is only buffered on disk
 ``outbox_full``        major     telemetry points are being dropped
 ``outbox_error``       major     the outbox file cannot be written
@@ -171,6 +173,7 @@ SEVERITY: Mapping[str, Severity] = {
     "lamp_failure": Severity.MAJOR,
     "supply_lost": Severity.MAJOR,
     "driver_failure": Severity.MAJOR,
+    "wrong_group": Severity.MAJOR,
     "database_down": Severity.MAJOR,
     "outbox_full": Severity.MAJOR,
     "outbox_error": Severity.MAJOR,
@@ -216,10 +219,12 @@ _SIGNAL_FAULTS = frozenset(
 REPORT_HINTS: Mapping[str, ReportHint] = {
     "dark_lamp": ReportHint(
         "node",
-        frozenset({"lamp_failure", "node_offline", "supply_lost", "driver_failure"}),
+        frozenset({"lamp_failure", "node_offline", "supply_lost", "driver_failure", "wrong_group"}),
         Severity.MINOR,
     ),
-    "lamp_on_in_daytime": ReportHint("node", frozenset({"day_burner"}), Severity.MINOR),
+    "lamp_on_in_daytime": ReportHint(
+        "node", frozenset({"day_burner", "wrong_group"}), Severity.MINOR
+    ),
     "flickering_lamp": ReportHint(
         "node",
         frozenset({"power_out_of_band", "driver_failure", "lamp_failure"}),

@@ -7,7 +7,10 @@ asked for and with the lamp's rating:
 * ``day_burner``     the schedule says off, yet the lamp is lit;
 * ``node_offline``   the node's last will fired, or it has been silent too long;
 * ``power_out_of_band`` lit, settled, drawing far more or less than the lamp should;
-* ``driver_failure`` / ``supply_lost``  the node's own diagnosis, relayed.
+* ``driver_failure`` / ``supply_lost``  the node's own diagnosis, relayed;
+* ``wrong_group``    the node reports another group than the config gives it: it listens to
+  that group's commands, so it shows that group's levels, not its own (a commissioning
+  error: the node's group setting or the config is wrong).
 
 Every alarm has a ``since``; an alarm that persists keeps its first ``since`` so operators
 see how long a lamp has been dark.
@@ -84,6 +87,11 @@ class FaultDetector:
             found["node_offline"] = f"no state for {v.state_age_s:.0f} s"
         if st is None:
             return found
+        if st.group != v.group:
+            found["wrong_group"] = (
+                f"reports group {st.group!r}; the config puts it in {v.group!r}, so it follows "
+                "the other group's commands"
+            )
         for fault in st.faults:
             if fault is NodeFault.DRIVER_FAILURE:
                 found["driver_failure"] = "reported by the node"

@@ -148,6 +148,7 @@ LIGHT_ALARM_BITS: Final[Mapping[str, int]] = {
     "power_out_of_band": 8,
     "driver_failure": 16,
     "supply_lost": 32,
+    "wrong_group": 64,
 }
 """Bit of each lighting alarm kind in the ``faults`` / ``alarms`` bitmask fields."""
 

@@ -177,6 +177,30 @@ def test_faults_are_inferred_from_reports(cfg: CityConfig) -> None:
     assert core.faults.active["LCT-004"]["driver_failure"].since == since
 
 
+def test_a_node_reporting_another_group_is_flagged_until_it_is_recommissioned(
+    cfg: CityConfig,
+) -> None:
+    """LCT-001 belongs to le-cong-thanh in the config but says tran-hung-dao: it listens to the
+    other group's commands, so it is flagged (naming both groups) whatever else it reports,
+    and the alarm clears once it reports its own group again."""
+    core = LightingCore(cfg)
+    night = at("2026-11-25T23:10")
+    core.plan(night, 0.0, refresh_s=1e9, retry_after_s=3)
+    core.on_node_state(state("LCT-001", "tran-hung-dao", 80), 1)
+    core.on_node_state(state("LCT-002", "le-cong-thanh", 80), 1)
+    core.on_node_state(
+        state("LCT-003", "tran-hung-dao", 0, power=0, faults=[NodeFault.SUPPLY_LOST]), 1
+    )
+    found = faults_after(core, night, 30.0)
+    assert found["LCT-001"] == {"wrong_group"} and "LCT-002" not in found
+    assert found["LCT-003"] == {"wrong_group", "supply_lost"}
+    detail = core.faults.active["LCT-001"]["wrong_group"].detail
+    assert "'tran-hung-dao'" in detail and "'le-cong-thanh'" in detail, detail
+    core.on_node_state(state("LCT-001", "le-cong-thanh", 80), 40)
+    changed = core.check_faults(night + dt.timedelta(minutes=5), 100, link_up_for_s=1000)
+    assert changed["LCT-001"] == []
+
+
 def test_day_burner_and_silent_node(cfg: CityConfig) -> None:
     core = LightingCore(cfg)
     day = at("2026-11-26T10:00")
