@@ -38,6 +38,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
+from controller.bench.mosquitto import free_port
+
 __all__ = ["CutMode", "ProxyStats", "TcpProxy"]
 
 CutMode = Literal["reset", "blackhole"]
@@ -98,7 +100,7 @@ class _Bridge:
 class TcpProxy:
     """Forwards every connection on ``host:port`` to ``upstream_host:upstream_port``.
 
-    ``port`` 0 picks a free port (see :attr:`port` after :meth:`start`). :meth:`cut` and
+    ``port`` 0 picks a free port below the kernel's ephemeral range (see :attr:`port`). :meth:`cut` and
     :meth:`restore` cut and mend the path; :attr:`stats` counts what crossed it.
     """
 
@@ -112,7 +114,11 @@ class TcpProxy:
     ) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.host = host
-        self.port = port
+        # Not the kernel's pick for port 0: a port from the ephemeral range can become some
+        # outgoing connection's source port while the path is cut — a client reconnecting to
+        # it can even connect to itself — and restore() could not listen on it again (seen
+        # once in the suite: "address already in use" on restore).
+        self.port = port or free_port(host)
         self.stats = ProxyStats()
         self._server: asyncio.Server | None = None
         self._mode: CutMode | None = None
@@ -130,12 +136,10 @@ class TcpProxy:
         return sum(1 for b in self._bridges if not b.closed)
 
     async def start(self) -> None:
-        """Listen (the first time on a free port when ``port`` was 0)."""
+        """Listen on :attr:`port`."""
         self._server = await asyncio.start_server(
             self._accept, self.host, self.port, reuse_address=True
         )
-        if self.port == 0:
-            self.port = int(self._server.sockets[0].getsockname()[1])
 
     async def cut(self, mode: CutMode) -> None:
         """Cut the path (see the module docstring for what each ``mode`` looks like)."""

@@ -45,7 +45,7 @@ from simulator.cabinet import (
     MonitorFault,
     SimulatedCabinet,
 )
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -1178,7 +1178,9 @@ class Driver:
 async def _bench(
     spec: CabinetSpec = SOCK,
 ) -> AsyncIterator[tuple[SimulatedCabinet, CabinetLink, Driver]]:
-    cab = SimulatedCabinet(spec, "127.0.0.1", 0)
+    # A port below the ephemeral range: the refused-link test closes the listener while the
+    # driver reconnects, and an ephemeral port could be taken meanwhile (see tests/proxy.py).
+    cab = SimulatedCabinet(spec, "127.0.0.1", free_port())
     await cab.start()
     assert cab.running and cab.port != 0
     link = CabinetLink(
