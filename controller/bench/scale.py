@@ -141,6 +141,13 @@ class ScaleOptions:
             cpus = _usable_cpus()
             checks.append(
                 (
+                    hasattr(os, "sched_setaffinity"),
+                    "controller-cpu",
+                    "needs CPU affinity, which this platform's Python does not offer",
+                )
+            )
+            checks.append(
+                (
                     self.controller_cpu in cpus and len(cpus) >= 2,
                     "controller-cpu",
                     f"must be one of this process's CPUs {sorted(cpus)}, leaving at least one "
