@@ -91,6 +91,8 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CACHE_MAX_ENTRIES = 1024
 _CACHE_MAX_PAYLOAD = 16 * 1024
+#: A gateway starts its nodes' answers to a group command this many per event-loop turn.
+_GATEWAY_CHUNK = 10
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -552,8 +554,22 @@ class LightSimulator:
             await asyncio.gather(*(self._reject(rt, topic, payload, cmd) for rt in live))
             return
         # Concurrently: each node's state is a QoS 1 publish; one at a time would make the
-        # last node of the segment wait for every other node's PUBACK.
-        await asyncio.gather(*(self._command(rt, False, cmd, topic) for rt in live))
+        # last node of the segment wait for every other node's PUBACK. Started a few at a
+        # time, one event-loop turn apart: aiomqtt writes what paho queued from a loop
+        # callback, so with all started in one turn the first state left only once the last
+        # had been built (≈10 ms after the command at a hundred nodes); a real segment
+        # controller's nodes answer one after the other, the first at once.
+        tasks: list[asyncio.Future[None]] = []
+        try:
+            for i, rt in enumerate(live, 1):
+                tasks.append(asyncio.ensure_future(self._command(rt, False, cmd, topic)))
+                if i % _GATEWAY_CHUNK == 0:
+                    await asyncio.sleep(0)
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
 
     async def _on_gateway_fallback(
         self, nodes: list[_Node], topic: str, payload: bytes, retained: bool

@@ -79,6 +79,34 @@ async def test_gateway_mode_looks_like_nodes_on_the_wire(
         await obs.close()
 
 
+async def test_a_large_gateway_answers_a_group_command_with_every_node(
+    mosquitto: Mosquitto, mqtt_prefix: str
+) -> None:
+    """35 nodes behind one connection: their answers are started ten per event-loop turn
+    (the first on the wire before the last is built); every node still takes the command
+    and reports it."""
+    topics = Topics(mqtt_prefix)
+    obs = Observer(mosquitto, topics)
+    specs = [NodeSpec(f"big-n{i:02d}", "gbig") for i in range(35)]
+    sim = LightSimulator(mosquitto.url, specs, prefix=mqtt_prefix, gateway_size=35)
+    try:
+        await obs.link.wait_connected(5)
+        await sim.start(wait_s=10)
+        assert sim.connections == 1
+        await wait_for(lambda: len(obs.states) == 35, 10)
+        published = sim.stats.states_published
+        await obs.publish(topics.group_set("gbig"), _command("c-big-1", 55))
+        await wait_for(lambda: obs.count(lambda s: s.cmd_id == "c-big-1") == 35, 10)
+        assert sim.stats.commands_applied == 35
+        assert sim.stats.received == 1
+        assert sim.stats.states_published - published >= 35  # (a ramp may report again)
+        assert all(st.target == 55 for st in obs.states.values())
+        assert sim.stats.publish_failed == 0
+    finally:
+        await sim.stop()
+        await obs.close()
+
+
 def test_gateway_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="gateway_size"):
         LightSimulator("mqtt://127.0.0.1:1", _specs(), gateway_size=0)
