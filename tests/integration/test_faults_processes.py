@@ -584,9 +584,11 @@ async def test_broker_sigkill_mid_stream_loses_no_command(
             await asyncio.sleep(max(0.0, t_kill + OUTAGE_S - time.monotonic()))
             assert dt.datetime.now(dt.UTC) > transition.at
             assert ctl.alive(), ctl.tail()
+            # Taken before the restart: restart() returns once the broker accepts connections,
+            # and a controller retrying its connection may get in (and announce) before that.
+            back_wall = dt.datetime.now(dt.UTC)
             mosquitto.restart()  # same port, empty: nothing retained survives
             t_back = time.monotonic()
-            back_wall = dt.datetime.now(dt.UTC)
             watcher.forget()
             outage = t_back - t_kill
 
