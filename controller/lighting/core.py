@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from controller.config import CityConfig, LightGroup
 from controller.lighting.faults import FaultDetector, NodeView
+from controller.lighting.report import NodeReport
 from controller.lighting.traffic_class import ClassSelector
 from devices.lights import (
     AlarmEntry,
@@ -90,13 +91,14 @@ class _GroupState:
     fallback_night: dt.date | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _NodeState:
     group: str
     lamp_w: float
     min_dim: float
     online: bool | None = None  # None: never heard of
-    state: NodeState | None = None
+    #: The last state reported, updated in place (see :mod:`controller.lighting.report`).
+    state: NodeReport | None = None
     state_mono: float | None = None
     last_energy_wh: float | None = None
     retry_attempt: int = 0
@@ -264,19 +266,32 @@ class LightingCore:
         return list(self.cfg.lighting.groups)
 
     # -- inputs ---------------------------------------------------------------------------
-    def on_node_state(self, state: NodeState, mono: float) -> None:
-        """A node reported its state."""
+    def on_node_state(self, state: NodeState, mono: float) -> bool:
+        """A node reported its state. Returns whether it differs from the one held before
+        (False: the same state again, e.g. a retained copy after a reconnect)."""
         ns = self._nodes[state.node]
+        gst = self._groups[ns.group]
         if ns.last_energy_wh is not None:
             delta = state.energy_wh - ns.last_energy_wh
             # A counter that went down means the node restarted and counts from zero again.
-            self._groups[ns.group].energy_wh += delta if delta >= 0 else state.energy_wh
+            gst.energy_wh += delta if delta >= 0 else state.energy_wh
         ns.last_energy_wh = state.energy_wh
-        ns.state = state
+        # Keep strings the controller holds anyway rather than 10,000 copies of them.
+        group = ns.group if state.group == ns.group else state.group
+        cmd_id = state.cmd_id
+        if gst.cmd is not None and cmd_id == gst.cmd.cmd_id:
+            cmd_id = gst.cmd.cmd_id
+        report = ns.state
+        if report is None:
+            ns.state = NodeReport(state, group, cmd_id)
+            changed = True
+        else:
+            changed = report.update(state, group, cmd_id)
         ns.state_mono = mono
         if ns.online is None:
             ns.online = True
         self._touched(state.node, None if ns.online is False else mono)
+        return changed
 
     def on_node_availability(self, node: str, online: bool, mono: float) -> None:
         """A node's retained availability (its last will says offline)."""
@@ -617,8 +632,15 @@ class LightingCore:
         return list(self._group_nodes.get(group, {}))
 
     def node_state(self, node: str) -> NodeState | None:
-        """The node's last reported state."""
-        return self._nodes[node].state
+        """The node's last reported state (a model built from what is kept: a new object
+        each call)."""
+        report = self._nodes[node].state
+        return None if report is None else report.to_state(node)
+
+    def node_cmd_id(self, node: str) -> str | None:
+        """The ``cmd_id`` of the node's last reported state (None: none or no state)."""
+        report = self._nodes[node].state
+        return None if report is None else report.cmd_id
 
     def node_online(self, node: str) -> bool | None:
         """The node's last known availability."""

@@ -23,7 +23,8 @@ import functools
 from dataclasses import dataclass, field
 
 from controller.config import FaultSettings
-from devices.lights import AlarmEntry, NodeFault, NodeState
+from controller.lighting.report import NodeReport
+from devices.lights import AlarmEntry, NodeFault
 from schedules.energy import LampPowerModel
 
 __all__ = ["FaultDetector", "NodeView"]
@@ -50,7 +51,7 @@ class NodeView:
     group: str
     lamp_w: float
     online: bool | None
-    state: NodeState | None
+    state: NodeReport | None
     state_age_s: float | None
     wanted_level: float | None
     group_cmd_age_s: float

@@ -511,20 +511,16 @@ class LightingService:
                 state = decode(NodeState, payload)
                 if state.node != node:
                     raise PayloadError("node", f"{state.node!r} does not match the topic's node")
-                prev = self.core.node_state(node)
-                self.core.on_node_state(state, mono)
+                prev_cmd_id = self.core.node_cmd_id(node)
+                changed = self.core.on_node_state(state, mono)
                 self.stats.states += 1
                 if retained:
                     self.stats.states_retained += 1
                 cmd_id = state.cmd_id
-                if (
-                    cmd_id is not None
-                    and self.fanout.pending
-                    and (prev is None or prev.cmd_id != cmd_id)
-                ):
+                if cmd_id is not None and self.fanout.pending and prev_cmd_id != cmd_id:
                     # The node's first state with this cmd_id: its acknowledgement.
                     self.fanout.acked(self.core.node_group(node), cmd_id, time.monotonic())
-                if self.telemetry is not None and state != prev:
+                if self.telemetry is not None and changed:
                     # The same state again is a retained copy (a reconnect): recorded once.
                     self._record_state(state)
                 if self.link.inbox_empty():
