@@ -69,19 +69,21 @@ def tune_gc() -> None:
     """Keep the cyclic garbage collector's pauses short in a long-running process.
 
     Everything built so far (config, schedules, code, the API) lives as long as the process:
-    ``gc.freeze()`` takes it out of the collector's sight. What the collector then walks is
-    mostly the node states received since its last pass (a few objects per state, 400 states
-    a second at 10,000 lights), so a pass's pause grows with the time between passes while
-    the total stays the same; the thresholds choose many short pauses over few long ones,
-    because a pause is added to whatever is in flight — a group command's fan-out, a signal
-    step. Measured at full size (10,000 lights, 100 intersections, ``cityctl bench scale``,
-    after the MQTT link stopped making cyclic garbage per message): a young pass every
-    10,000 allocations paused 50-60 ms every ~20 s; every 2,000, 5-22 ms every ~2.6 s, for
-    ≈0.3 % of a core. The middle generation holds about every node's latest state (≈50 ms to
-    walk whenever it runs), so it runs every 50th young pass (≈2 min) instead of every 10th;
-    the full pass every 100th middle pass (the default made a 100-180 ms full pass every ~3 s
-    with 10,000 node states being replaced). Memory is still freed by reference counting at
-    once; only cyclic garbage (a few API requests) waits a little longer.
+    ``gc.freeze()`` takes it out of the collector's sight. What a young pass then walks is the
+    young working set — the signal loops' latest readings and views, messages in flight —
+    and, until the nodes' states were kept in place (:mod:`controller.lighting.report`), the
+    node states received since the last pass. A pass's pause grows with the time between
+    passes while the total stays the same; the thresholds choose many short pauses over few
+    long ones, because a pause is added to whatever is in flight — a group command's fan-out,
+    a signal step. Measured at full size (10,000 lights, 100 intersections, ``cityctl bench
+    scale``, the collector's own callbacks): a young pass every 10,000 allocations paused
+    50-60 ms every ~20 s; every 2,000, 5-22 ms every ~2.6 s, for ≈0.3 % of a core (with the
+    states kept in place: ≈80 passes a minute, median 4-5 ms, at most 21 ms, ≈0.7 % of a
+    core on a slower host). The middle generation used to hold every node's latest state
+    (≈50 ms to walk), so it runs every 50th young pass (≈1-2 min: 22-40 ms now) instead of
+    every 10th; the full pass every 100th middle pass (the default made a 100-180 ms full pass
+    every ~3 s with 10,000 node states being replaced). Memory is still freed by reference
+    counting at once; only cyclic garbage (a few API requests) waits a little longer.
     """
     import gc
 
