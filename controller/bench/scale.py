@@ -60,6 +60,7 @@ from typing import IO, Any
 
 import yaml
 
+from controller.bench.host import host_speed
 from controller.bench.mosquitto import Mosquitto, find_mosquitto, free_port, free_ports
 from controller.lighting.fanout import percentile
 
@@ -611,6 +612,9 @@ def run_scale_bench(
     say = progress or (lambda _m: None)
     wall0 = time.monotonic()
     load0 = os.getloadavg()
+    # The host's speed before anything starts (and again at the end, in _run): figures from
+    # another hour or machine are compared through it (controller.bench.host).
+    speed0 = host_speed()
     tmp = Path(tempfile.mkdtemp(prefix="cityctl-scale-"))
     work = opts.keep or tmp
     work.mkdir(parents=True, exist_ok=True)
@@ -631,7 +635,12 @@ def run_scale_bench(
         _cleanup(procs, broker, closers, tmp if opts.keep is None else None),
         _street_cpus(opts.controller_cpu),
     ):
-        return _run(opts, say, work, logs, procs, broker, closers, wall0, load0)
+        result = _run(opts, say, work, logs, procs, broker, closers, wall0, load0)
+    # Everything the bench started has stopped: the host's speed again.
+    result["machine"]["host_speed"] = {"before": speed0, "after": host_speed()}
+    if opts.keep is not None:
+        (work / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
 
 
 def _usable_cpus() -> set[int]:
@@ -1067,8 +1076,6 @@ def _run(
     if opts.profile is not None and opts.profile.exists():
         result["profile"] = profile_summary(opts.profile)
     result["wall_s"] = round(time.monotonic() - wall0, 1)
-    if opts.keep is not None:
-        (work / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
 
 
@@ -1206,9 +1213,16 @@ def format_table(r: Mapping[str, Any]) -> str:
         more = f" and {len(out) - 5} more" if len(out) > 5 else ""
         lines.append(f"NOT IN CONTROL at the end: {len(out)} intersections: {shown}{more}")
     m = r["machine"]
+    speed = m.get("host_speed")
     lines.append(
         f"machine: {m['cpus']} CPUs, load {m['load_avg_before'][0]:.2f} before, "
         f"{m['load_avg_after'][0]:.2f} after; wall {r['wall_s']:.0f} s"
+        + (
+            f"; host speed (CPU ms of a fixed piece of work, lower is faster) "
+            f"{speed['before']['cpu_ms']:.1f} before, {speed['after']['cpu_ms']:.1f} after"
+            if speed
+            else ""
+        )
     )
     if "profile" in r:
         lines += ["", "profile (controller, own time):"]

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from controller.bench.scale import ScaleOptions, run_scale_bench
+from controller.bench.scale import ScaleOptions, format_table, run_scale_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,9 +82,15 @@ def test_scale_bench_small(tmp_path: Path) -> None:
         "sim_lights_1",
     }
     assert r["verdict"]["lost"]["met"] is True
+    # The host's speed, read before the processes started and after they stopped.
+    speed = r["machine"]["host_speed"]
+    for when in ("before", "after"):
+        assert 0 < speed[when]["min_ms"] <= speed[when]["cpu_ms"] <= speed[when]["max_ms"]
+    assert "host speed" in format_table(r)
     # The kept directory has what someone would look at after a run.
     run = tmp_path / "run"
     assert (run / "bench-scale.yaml").exists() and (run / "result.json").exists()
+    assert json.loads((run / "result.json").read_text()) == json.loads(json.dumps(r))
     assert (run / "logs" / "controller.log").stat().st_size > 0
 
 
