@@ -139,7 +139,8 @@ class MbapClient:
                 transport, _ = await loop.create_connection(lambda: _Protocol(client), host, port)
         except (OSError, TimeoutError) as exc:
             raise ModbusError(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from exc
-        assert isinstance(transport, asyncio.Transport)
+        # No isinstance check: uvloop's stream transport is not an asyncio.Transport subclass,
+        # though it has the same methods.
         client._transport = transport
         return client
 

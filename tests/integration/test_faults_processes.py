@@ -806,6 +806,8 @@ async def test_controller_sigkill_restart_converges_and_keeps_state(
                 return set(got) == set(xs) and set(got.values()) == {"control"}
 
             assert await first_time(lambda: api_up(api, ctl), 20, 0.1), ctl.tail()
+            # The controller process runs on uvloop (its default: controller/cli.py).
+            assert "event loop: uvloop" in ctl.log.read_text(errors="replace"), ctl.tail()
             # State made over the API before the crash: an override, an acknowledged
             # incident, a new schedule version.
             until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()

@@ -143,3 +143,29 @@ async def test_occupancy_is_read_with_every_nth_poll_and_nothing_is_lost() -> No
                 CabinetLink("127.0.0.1", cab.port, 1, n_groups=2, occupancy_every=0)
         finally:
             await link.close()
+
+
+def test_the_link_and_the_simulated_cabinet_on_uvloop() -> None:
+    """``cityctl run`` and ``cityctl sim cabinets`` run on uvloop by default (controller/cli.py):
+    the link's own Modbus client and pymodbus' server, reads and writes, on that loop."""
+    import uvloop
+
+    async def scenario() -> tuple[str, int, int, int]:
+        async with SimulatedCabinet(SPEC, "127.0.0.1", 0) as cab:
+            link = CabinetLink("127.0.0.1", cab.port, 1, n_groups=2, n_channels=4)
+            try:
+                status = await link.read_status()
+                await link.write_outputs(tuple(int(c) for c in status.displayed), 1)
+                await link.read_status()
+                return (
+                    type(asyncio.get_running_loop()).__module__,
+                    cab.stats.reads,
+                    cab.stats.commits,
+                    link.stats.reads,
+                )
+            finally:
+                await link.close()
+
+    loop_module, cabinet_reads, commits, link_reads = uvloop.run(scenario())
+    assert loop_module.startswith("uvloop")
+    assert link_reads == 2 and cabinet_reads >= 2 and commits == 1
