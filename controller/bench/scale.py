@@ -53,7 +53,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -312,6 +312,16 @@ def build_config(
             "tokens": [{"name": "bench", "role": "engineer", "token_env": TOKEN_ENV}],
         },
     }
+
+
+def _api_port(taken: Collection[int]) -> int:
+    """A free port for the controller's API outside ``taken`` (the cabinets' ports): both were
+    only free a moment ago, and the cabinets bind theirs first — a run once failed on an API
+    port inside their range ("Address already in use")."""
+    while True:
+        port = free_port()
+        if port not in taken:
+            return port
 
 
 def _free_port_range(count: int, host: str = "127.0.0.1") -> int:
@@ -715,12 +725,12 @@ def _run(
     # -- the config --------------------------------------------------------------------
     base = yaml.safe_load(opts.base_config.read_text(encoding="utf-8"))
     state = work / "state"
-    api_port = free_port()
     ports = (
         list(range(p0 := _free_port_range(opts.intersections), p0 + opts.intersections))
         if opts.intersections
         else []
     )
+    api_port = _api_port(ports)
     doc = build_config(
         base,
         lights=opts.lights,

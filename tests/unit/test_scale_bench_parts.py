@@ -294,3 +294,14 @@ def test_free_ports_lie_below_the_ephemeral_range_and_are_free() -> None:
         for sock in socks:
             sock.close()
     assert 10_000 <= free_port() < low
+
+
+def test_the_api_port_is_never_one_of_the_cabinets_ports() -> None:
+    from unittest import mock
+
+    from controller.bench import scale
+
+    cabinets = range(20_000, 20_100)
+    offered = iter([20_042, 20_099, 21_000])  # two inside the cabinets' range, then one outside
+    with mock.patch.object(scale, "free_port", lambda: next(offered)):
+        assert scale._api_port(cabinets) == 21_000
