@@ -54,40 +54,45 @@ class NodeReport:
     faults: tuple[NodeFault, ...]
 
     def __init__(self, state: NodeState, group: str, cmd_id: str | None) -> None:
-        self.update(state, group, cmd_id)
+        self._take(state, group, cmd_id, tuple(state.faults) if state.faults else ())
 
     def update(self, state: NodeState, group: str, cmd_id: str | None) -> bool:
         """Take ``state``'s facts; ``group`` and ``cmd_id`` are equal to the state's (the
         caller passes objects it already holds when it has them). Returns whether anything
-        differs from what was held (always True for a fresh record)."""
+        differs from what was held."""
         # tuple() of an empty list is the shared empty tuple: no new object for a healthy node.
         faults = tuple(state.faults) if state.faults else ()
-        changed = not hasattr(self, "ts") or (
-            self.ts != state.ts
-            or self.level != state.level
-            or self.target != state.target
-            or self.cmd_id != cmd_id
-            or self.mode is not state.mode
-            or self.power_w != state.power_w
-            or self.energy_wh != state.energy_wh
-            or self.burn_h != state.burn_h
-            or self.switches != state.switches
-            or self.faults != faults
-            or self.group != group
-        )
-        if changed:
-            self.group = group
-            self.ts = state.ts
-            self.level = state.level
-            self.target = state.target
-            self.cmd_id = cmd_id
-            self.mode = state.mode
-            self.power_w = state.power_w
-            self.energy_wh = state.energy_wh
-            self.burn_h = state.burn_h
-            self.switches = state.switches
-            self.faults = faults
-        return changed
+        if (
+            self.ts == state.ts
+            and self.level == state.level
+            and self.target == state.target
+            and self.cmd_id == cmd_id
+            and self.mode is state.mode
+            and self.power_w == state.power_w
+            and self.energy_wh == state.energy_wh
+            and self.burn_h == state.burn_h
+            and self.switches == state.switches
+            and self.faults == faults
+            and self.group == group
+        ):
+            return False
+        self._take(state, group, cmd_id, faults)
+        return True
+
+    def _take(
+        self, state: NodeState, group: str, cmd_id: str | None, faults: tuple[NodeFault, ...]
+    ) -> None:
+        self.group = group
+        self.ts = state.ts
+        self.level = state.level
+        self.target = state.target
+        self.cmd_id = cmd_id
+        self.mode = state.mode
+        self.power_w = state.power_w
+        self.energy_wh = state.energy_wh
+        self.burn_h = state.burn_h
+        self.switches = state.switches
+        self.faults = faults
 
     def to_state(self, node: str) -> NodeState:
         """The report as the payload model it came from (validated when it was received)."""
