@@ -63,7 +63,6 @@ from devices.lights import (
     CommandAck,
     FallbackProgram,
     LightCommand,
-    NodeState,
     PayloadError,
     SimFault,
     Topics,
@@ -91,8 +90,8 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CACHE_MAX_ENTRIES = 1024
 _CACHE_MAX_PAYLOAD = 16 * 1024
-#: A gateway starts its nodes' answers to a group command this many per event-loop turn.
-_GATEWAY_CHUNK = 10
+#: A gateway sends its nodes' answers to a group command this many per event-loop turn.
+_GATEWAY_CHUNK = 20
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -530,16 +529,15 @@ class LightSimulator:
         await self._publish_state(rt)
 
     async def _announce_gateway(self, gw: _Gateway) -> None:
+        """A gateway's (re)connect: every node's availability, then the live nodes' states,
+        each as one batch (the same order per node as a node's own link)."""
         assert gw.link is not None
         link = gw.link
-        await asyncio.gather(
-            *(
-                self._announce(rt)
-                if not rt.cut
-                else link.publish(rt.availability_topic, b"offline", qos=1, retain=True)
-                for rt in gw.nodes
-            )
-        )
+        availability = [
+            (rt.availability_topic, b"offline" if rt.cut else b"online") for rt in gw.nodes
+        ]
+        await link.send_many(availability, qos=1, retain=True)
+        await self._publish_states(link, [rt for rt in gw.nodes if not rt.cut])
 
     async def _on_gateway_command(
         self, nodes: list[_Node], topic: str, payload: bytes, retained: bool
@@ -553,23 +551,34 @@ class LightSimulator:
         if isinstance(cmd, PayloadError):
             await asyncio.gather(*(self._reject(rt, topic, payload, cmd) for rt in live))
             return
-        # Concurrently: each node's state is a QoS 1 publish; one at a time would make the
-        # last node of the segment wait for every other node's PUBACK. Started a few at a
-        # time, one event-loop turn apart: aiomqtt writes what paho queued from a loop
-        # callback, so with all started in one turn the first state left only once the last
-        # had been built (≈10 ms after the command at a hundred nodes); a real segment
-        # controller's nodes answer one after the other, the first at once.
-        tasks: list[asyncio.Future[None]] = []
-        try:
-            for i, rt in enumerate(live, 1):
-                tasks.append(asyncio.ensure_future(self._command(rt, False, cmd, topic)))
-                if i % _GATEWAY_CHUNK == 0:
-                    await asyncio.sleep(0)
-            await asyncio.gather(*tasks)
-        except asyncio.CancelledError:
-            for task in tasks:
-                task.cancel()
-            raise
+        # Every node takes the command at once; their states leave in slices of
+        # _GATEWAY_CHUNK, one event-loop turn apart, all confirmed together: a real segment
+        # controller's nodes answer one after the other, the first at once — and queueing
+        # the whole segment before the first write held the first state back by the time
+        # it takes to build them all.
+        now = self.clock.monotonic()
+        changed: list[_Node] = []
+        stale: list[_Node] = []
+        for rt in live:
+            if self._apply(rt, cmd, topic, now) is CommandOutcome.STALE:
+                stale.append(rt)
+            if rt.model.changed:
+                self._dirty.pop(rt.spec.node, None)
+                changed.append(rt)
+        link = live[0].link if live else None
+        waits: list[asyncio.Future[int]] = []
+        for k in range(0, len(changed), _GATEWAY_CHUNK):
+            if k:
+                await asyncio.sleep(0)
+            sent = (
+                None if link is None else self._send_states(link, changed[k : k + _GATEWAY_CHUNK])
+            )
+            if sent is not None:
+                waits.append(sent)
+        if waits:
+            await asyncio.wait(waits)
+        for rt in stale:
+            await self._reject_stale(rt, cmd, topic, now)
 
     async def _on_gateway_fallback(
         self, nodes: list[_Node], topic: str, payload: bytes, retained: bool
@@ -595,6 +604,20 @@ class LightSimulator:
     async def _command(self, rt: _Node, addressed: bool, cmd: LightCommand, topic: str) -> None:
         """Apply a decoded command to one node, publish its state and (addressed) its ack."""
         now = self.clock.monotonic()
+        outcome = self._apply(rt, cmd, topic, now)
+        if outcome is CommandOutcome.STALE:
+            await self._reject_stale(rt, cmd, topic, now)
+        if rt.model.changed:
+            # Straight from the handler: no task, no queue hop. State first, so a controller
+            # that sees the ack finds the new state already delivered (same connection, in
+            # order).
+            self._dirty.pop(rt.spec.node, None)
+            await self._publish_state(rt)
+        if addressed and outcome in (CommandOutcome.APPLIED, CommandOutcome.DUPLICATE):
+            await self._ack(rt, CommandAck(node=rt.spec.node, cmd_id=cmd.cmd_id, status="applied"))
+
+    def _apply(self, rt: _Node, cmd: LightCommand, topic: str, now: float) -> CommandOutcome:
+        """The node's model takes the command; counted. Publishes nothing."""
         outcome = rt.model.command(cmd, now)
         c = self._counters
         if outcome is CommandOutcome.APPLIED:
@@ -605,21 +628,14 @@ class LightSimulator:
             c.commands_unpowered += 1
         else:
             c.commands_stale += 1
-            age = rt.model.command_age(cmd, now) or 0.0
-            when = f"{age:.0f} s ago" if age > 0 else f"{-age:.0f} s in the future"
-            log.debug(
-                "%s: stale command %s on %s (issued %s)", rt.spec.node, cmd.cmd_id, topic, when
-            )
-            reason = f"stale: issued {when} (limit {self.fallback_after_s:g} s)"
-            await self._send_rejection(rt, cmd.cmd_id, reason, now)
-        if rt.model.changed:
-            # Straight from the handler: no task, no queue hop (this is the hot path of a group
-            # command reaching thousands of nodes). State first, so a controller that sees the
-            # ack finds the new state already delivered (same connection, in order).
-            self._dirty.pop(rt.spec.node, None)
-            await self._publish_state(rt)
-        if addressed and outcome in (CommandOutcome.APPLIED, CommandOutcome.DUPLICATE):
-            await self._ack(rt, CommandAck(node=rt.spec.node, cmd_id=cmd.cmd_id, status="applied"))
+        return outcome
+
+    async def _reject_stale(self, rt: _Node, cmd: LightCommand, topic: str, now: float) -> None:
+        age = rt.model.command_age(cmd, now) or 0.0
+        when = f"{age:.0f} s ago" if age > 0 else f"{-age:.0f} s in the future"
+        log.debug("%s: stale command %s on %s (issued %s)", rt.spec.node, cmd.cmd_id, topic, when)
+        reason = f"stale: issued {when} (limit {self.fallback_after_s:g} s)"
+        await self._send_rejection(rt, cmd.cmd_id, reason, now)
 
     async def _on_fallback(self, rt: _Node, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:
@@ -729,30 +745,59 @@ class LightSimulator:
             while self._dirty:
                 batch = list(self._dirty.values())
                 self._dirty.clear()
-                # Sending is fire-and-forget per node: a node whose link is just dropping
-                # (a QoS 1 publish then waits for its timeout) must not hold up the others.
+                # Sending is fire-and-forget per connection: a link that is just dropping (a
+                # QoS 1 publish then waits for its timeout) must not hold up the others. A
+                # gateway's nodes go out together, as one batch on their shared link.
+                by_link: dict[MqttLink, list[_Node]] = {}
                 for rt in batch:
-                    if rt.link is not None and rt.link.connected and not rt.cut:
-                        self._spawn(self._publish_state(rt), "sim-state")
+                    link = rt.link
+                    if link is not None and link.connected and not rt.cut:
+                        by_link.setdefault(link, []).append(rt)
+                for link, rts in by_link.items():
+                    self._spawn(self._publish_states(link, rts), "sim-state")
                 await asyncio.sleep(0)
 
     async def _publish_state(self, rt: _Node) -> None:
-        link = rt.link
-        if link is None:
-            return
+        if rt.link is not None:
+            await self._publish_states(rt.link, [rt])
+
+    async def _publish_states(self, link: MqttLink, rts: list[_Node]) -> None:
+        """Publish the current state of ``rts`` (nodes on ``link``); return once the broker
+        confirmed them or gave up."""
+        sent = self._send_states(link, rts)
+        if sent is not None:
+            await sent
+
+    def _send_states(self, link: MqttLink, rts: list[_Node]) -> asyncio.Future[int] | None:
+        """Send the current state of ``rts`` (nodes on ``link``) *now*; they are counted
+        once the broker confirmed them (see :class:`SimStats`) — the returned future (None
+        when the link is down) completes then."""
         now = self.clock.monotonic()
-        state: NodeState = rt.model.state(now)
-        rt.model.changed = False
-        rt.next_report = now + self.report_interval_s
+        next_report = now + self.report_interval_s
+        out: list[tuple[str, bytes]] = []
+        for rt in rts:
+            out.append((rt.state_topic, encode(rt.model.state(now))))
+            rt.model.changed = False
+            rt.next_report = next_report
+        c = self._counters
         was_up = link.connected
         try:
-            await link.publish(rt.state_topic, encode(state), qos=self.state_qos, retain=True)
+            future = link.send_many(out, qos=self.state_qos, retain=True)
         except LinkDown:
-            self._counters.publish_failed += 1  # the next connect announces the state anew
-            if was_up:
-                self._counters.publish_unconfirmed += 1
-            return
-        self._counters.states_published += 1
+            c.publish_failed += len(out)  # the next connect announces the states anew
+            return None
+
+        def count(done: asyncio.Future[int]) -> None:
+            confirmed = done.result()
+            c.states_published += confirmed
+            missing = len(out) - confirmed
+            if missing:
+                c.publish_failed += missing
+                if was_up:
+                    c.publish_unconfirmed += missing
+
+        future.add_done_callback(count)
+        return future
 
     async def _ack(self, rt: _Node, ack: CommandAck) -> None:
         if rt.link is None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -154,6 +157,62 @@ async def test_publish_before_connect_raises_link_down(mqtt_prefix: str) -> None
     link = MqttLink(MqttSettings(port=1, client_id="never"))
     with pytest.raises(LinkDown):
         await link.publish(f"{mqtt_prefix}/x", b"x")
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_send_many_delivers_in_order_and_counts_the_confirmations(
+    harness: Harness, mqtt_prefix: str, qos: int
+) -> None:
+    got, _sub, pub = await harness.subscriber_and_publisher(f"{mqtt_prefix}/many/+")
+    sent = [(f"{mqtt_prefix}/many/{i % 7}", f"m{i}".encode()) for i in range(300)]
+    before = pub.stats.published
+    confirmed = await asyncio.wait_for(pub.send_many(sent, qos=qos), 10)
+    assert confirmed == 300
+    assert pub.stats.published - before == 300
+    await wait_for(lambda: len(got) == 300, 5, what="all 300 messages")
+    assert [(t, p) for t, p, _ in got] == sent  # one connection: in order
+    # Nothing left behind in aiomqtt's table of publishes waiting for a confirmation.
+    assert pub._client is not None and not pub._client._pending_publishes
+    assert await pub.send_many([]) == 0
+
+
+async def test_send_many_before_connect_raises_link_down(mqtt_prefix: str) -> None:
+    link = MqttLink(MqttSettings(port=1, client_id="never"))
+    with pytest.raises(LinkDown):
+        link.send_many([(f"{mqtt_prefix}/x", b"x")], qos=1)
+    assert link.stats.publish_failed == 1
+
+
+async def test_send_many_counts_short_on_timeout_and_on_a_lost_connection(
+    harness: Harness, mosquitto: Mosquitto, mqtt_prefix: str
+) -> None:
+    """A frozen broker confirms nothing: the batch ends after its timeout with what came (0)
+    and forgets its ids; a connection cut meanwhile ends a batch at once, not at its
+    timeout."""
+    link = harness.link("pub")
+    assert await link.wait_connected(5)
+    pid = mosquitto.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        n = await link.send_many(
+            [(f"{mqtt_prefix}/x", b"1"), (f"{mqtt_prefix}/y", b"2")], qos=1, timeout=0.3
+        )
+        assert n == 0
+        assert 0.25 <= time.monotonic() - t0 < 3.0
+        assert link._client is not None and not link._client._pending_publishes
+
+        batch = link.send_many([(f"{mqtt_prefix}/z", b"3")], qos=1, timeout=30.0)
+        t0 = time.monotonic()
+        link.abort()  # the cable is cut: no PUBACK can come on this connection any more
+        assert await asyncio.wait_for(batch, 5) == 0
+        assert time.monotonic() - t0 < 3.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    link.resume()
+    await wait_for(lambda: link.connected, 10, what="the link back")
+    assert await asyncio.wait_for(link.send_many([(f"{mqtt_prefix}/x", b"4")], qos=1), 5) == 1
 
 
 async def test_abort_fires_last_will_and_resume_comes_back(

@@ -84,18 +84,18 @@ async def test_gateway_mode_looks_like_nodes_on_the_wire(
 async def test_a_large_gateway_answers_a_group_command_with_every_node(
     mosquitto: Mosquitto, mqtt_prefix: str
 ) -> None:
-    """35 nodes behind one connection: their answers are started ten per event-loop turn
-    (the first on the wire before the last is built); every node still takes the command
-    and reports it."""
+    """45 nodes behind one connection: their answers are sent twenty per event-loop turn
+    (the first on the wire before the last is built), confirmed as batches; every node
+    still takes the command and reports it, and every report is counted once confirmed."""
     topics = Topics(mqtt_prefix)
     obs = Observer(mosquitto, topics)
-    specs = [NodeSpec(f"big-n{i:02d}", "gbig") for i in range(35)]
-    sim = LightSimulator(mosquitto.url, specs, prefix=mqtt_prefix, gateway_size=35)
+    specs = [NodeSpec(f"big-n{i:02d}", "gbig") for i in range(45)]
+    sim = LightSimulator(mosquitto.url, specs, prefix=mqtt_prefix, gateway_size=45)
     try:
         await obs.link.wait_connected(5)
         await sim.start(wait_s=10)
         assert sim.connections == 1
-        await wait_for(lambda: len(obs.states) == 35, 10)
+        await wait_for(lambda: len(obs.states) == 45, 10)
         published = sim.stats.states_published
         # Which turn of the event loop each node's answer is started in: a callback that
         # re-queues itself counts the turns.
@@ -108,26 +108,26 @@ async def test_a_large_gateway_answers_a_group_command_with_every_node(
 
         handle = [loop.call_soon(count_turn)]
         started: list[int] = []
-        real_command = sim._command
+        real_send = sim._send_states
 
-        async def command(*args: Any) -> None:
-            started.append(turn[0])
-            await real_command(*args)
+        def send_states(link: Any, rts: list[Any]) -> Any:
+            started.extend([turn[0]] * len(rts))
+            return real_send(link, rts)
 
-        sim._command = command  # type: ignore[method-assign]
+        sim._send_states = send_states  # type: ignore[method-assign]
         try:
             await obs.publish(topics.group_set("gbig"), _command("c-big-1", 55))
-            await wait_for(lambda: obs.count(lambda s: s.cmd_id == "c-big-1") == 35, 10)
+            await wait_for(lambda: obs.count(lambda s: s.cmd_id == "c-big-1") == 45, 10)
         finally:
             handle[0].cancel()
-        # Ten per turn, each piece in a later turn than the one before (so aiomqtt's writer
-        # sends a piece's states while the next is built), not all 35 in one.
+        # Twenty per turn, each piece in a later turn than the one before (so paho writes a
+        # piece's states while the next is built), not all 45 in one.
         pieces = sorted(set(started))
-        assert [started.count(t) for t in pieces] == [10, 10, 10, 5]
-        assert sim.stats.commands_applied == 35
+        assert [started.count(t) for t in pieces] == [20, 20, 5]
+        assert sim.stats.commands_applied == 45
         assert sim.stats.received == 1
         # Counted once the broker has confirmed each (after the observer may have seen it).
-        await wait_for(lambda: sim.stats.states_published - published >= 35, 10)
+        await wait_for(lambda: sim.stats.states_published - published == 45, 10)
         assert all(st.target == 55 for st in obs.states.values())
         assert sim.stats.publish_failed == 0
     finally:
