@@ -712,11 +712,13 @@ class SignalsService:
         if self.mqtt is None or mono - self._last_status < 1.0 or not self.mqtt.connected:
             return
         self._last_status = mono
-        for xid, r in self.runners.items():
-            with contextlib.suppress(LinkDown):
-                await self.mqtt.publish(
-                    f"{self.topics.root}/signals/{xid}/status",
-                    json.dumps(r.status(), ensure_ascii=False).encode(),
-                    qos=0,
-                    retain=True,
-                )
+        root = self.topics.root
+        statuses = [
+            (f"{root}/signals/{xid}/status", json.dumps(r.status(), ensure_ascii=False).encode())
+            for xid, r in self.runners.items()
+        ]
+        # One batch, not awaited: QoS 0 status is best effort (the next second's replaces
+        # it). Awaiting a publish each cost ≈5 event-loop turns (aiomqtt waits for paho's
+        # write): a hundred intersections' status took ≈500 turns a second.
+        with contextlib.suppress(LinkDown):
+            self.mqtt.send_many(statuses, qos=0, retain=True)
