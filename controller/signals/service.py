@@ -82,8 +82,6 @@ Sync = Literal["down", "handover", "control", "cabinet_fault", "flash"]
 """Where a runner stands with its cabinet (see the module docstring)."""
 
 _ALL_RED = int(Signal.RED)
-#: Intersections whose status is built and handed to the MQTT link per event-loop turn.
-_STATUS_SLICE = 10
 
 
 @dataclass
@@ -715,23 +713,14 @@ class SignalsService:
             return
         self._last_status = mono
         root = self.topics.root
-        runners = list(self.runners.items())
-        # In batches, not awaited: QoS 0 status is best effort (the next second's replaces
+        statuses = [
+            (f"{root}/signals/{xid}/status", json.dumps(r.status(), ensure_ascii=False).encode())
+            for xid, r in self.runners.items()
+        ]
+        # One batch, not awaited: QoS 0 status is best effort (the next second's replaces
         # it). Awaiting a publish each cost ≈5 event-loop turns (aiomqtt waits for paho's
-        # write): a hundred intersections' status took ≈500 turns a second. Ten per turn:
-        # a status costs ≈0.2 ms to build, and a hundred in one turn held the loop ≈25 ms
-        # (py-spy, full size) while acknowledgements waited.
-        for k in range(0, len(runners), _STATUS_SLICE):
-            if k:
-                await asyncio.sleep(0)
-                if not self.mqtt.connected:
-                    return
-            statuses = [
-                (
-                    f"{root}/signals/{xid}/status",
-                    json.dumps(r.status(), ensure_ascii=False).encode(),
-                )
-                for xid, r in runners[k : k + _STATUS_SLICE]
-            ]
-            with contextlib.suppress(LinkDown):
-                self.mqtt.send_many(statuses, qos=0, retain=True)
+        # write): a hundred intersections' status took ≈500 turns a second. Building them
+        # holds the loop ≈9 ms once a second (py-spy, full size); ten per turn instead
+        # measured no better (docs/benchmarks.md, eighth round).
+        with contextlib.suppress(LinkDown):
+            self.mqtt.send_many(statuses, qos=0, retain=True)
