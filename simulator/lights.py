@@ -34,8 +34,13 @@ Efficiency notes (the simulator must scale to thousands of nodes in one process)
 - a group command reaches every node of the group as the same bytes, so decoded payloads are
   cached by their bytes (one pydantic validation per distinct payload, not per node);
 - a command's new state is published straight from the node's message handler (no task, no
-  queue); other changes (ticks, ramp ends, faults, periodic reports) mark the node dirty and
-  one publisher task sends the latest state of every dirty node, coalescing repeats;
+  queue); behind a gateway, every node takes the command at once and their states leave as
+  batches on the shared connection (:meth:`~devices.mqtt.MqttLink.send_many`, twenty per
+  event-loop turn, confirmed together: a publish awaited per node cost aiomqtt a task, an
+  event and a wait each, and the simulator, not the controller, set a fan-out's pace); other
+  changes (ticks, ramp ends, faults, periodic reports) mark the node dirty and one publisher
+  task sends the latest state of every dirty node, coalescing repeats, one batch per
+  connection;
 - one ticker task advances every node at ``tick_hz``, in up to ten slices spread over the
   period (real nodes are not synchronised); rejections are acknowledged at most
   ``reject_burst`` at a time per node (refilled at ``reject_rate_hz``), the rest are counted.
