@@ -306,9 +306,9 @@ async def run_demo(
         await cancel_and_wait(tasks)
         if controller is not None:
             await controller.stop()
-        await counters_link.close()
         if site is not None:
-            await site.stop()
+            await site.stop()  # its cameras publish through the counters link: stop them first
+        await counters_link.close()
         await sim.stop()
         await broker.stop()
     if controller is None or site is None:
