@@ -17,8 +17,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusTcpClient
 
 from devices.cabinet import (
@@ -33,6 +36,7 @@ from devices.cabinet import (
     SignalCode,
     decode_status,
     encode_outputs,
+    encode_status,
     next_heartbeat,
 )
 from devices.modbus import CabinetError, CabinetLink
@@ -1355,3 +1359,61 @@ async def test_shell_detector_injections_reach_the_registers() -> None:
         await link.read_status()
         cab.clear_injections()
         await _status(link, lambda s: not any(d.presence for d in s.detectors))
+
+
+class _RandomLoops:
+    """A detector source whose counts, occupancy and presence move at random (counts past
+    the 16-bit wrap included)."""
+
+    def __init__(self, n: int, draws: list[tuple[int, float, bool]]) -> None:
+        self.n = n
+        self.draws = draws
+        self.k = 0
+        self.state = [(65_530, 0.0, False)] * n
+
+    def step(self, t: float, dt: float, shown: Mapping[str, int]) -> None:
+        for ch in range(self.n):
+            add, occ, on = self.draws[self.k % len(self.draws)]
+            self.k += 1
+            count, occupied, _ = self.state[ch]
+            self.state[ch] = (count + add, occupied + occ, on)
+
+    def detector(self, channel: int) -> tuple[int, float, bool]:
+        return self.state[channel]
+
+
+_CODES = [int(c) for c in SignalCode]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    draws=st.lists(
+        st.tuples(st.integers(0, 3), st.floats(0.0, 0.1), st.booleans()), min_size=1, max_size=8
+    ),
+    actions=st.lists(
+        st.one_of(
+            st.tuples(st.just("tick"), st.floats(0.01, 1.5)),
+            st.tuples(st.just("send"), st.tuples(st.sampled_from(_CODES), st.sampled_from(_CODES))),
+            st.tuples(st.just("follow"), st.sampled_from([(R, R), (G, R), (R, G), (Y, R)])),
+        ),
+        max_size=40,
+    ),
+)
+def test_the_polled_image_is_the_encoded_status(
+    draws: list[tuple[int, float, bool]], actions: list[tuple[str, Any]]
+) -> None:
+    """Whatever the core went through (start-up, following, bad codes, conflicting greens and
+    the fault they latch, heartbeat loss and the local plan), the image a poll reads is
+    exactly ``encode_status(status(t))``, the codec's own encoding."""
+    core = CabinetCore(SOCK, 0.0, _RandomLoops(SOCK.n_channels, draws))
+    ctl = Controller(core)
+    t = 0.0
+    for kind, arg in [("follow", (R, R)), ("tick", 0.3), *actions]:
+        if kind == "tick":
+            t = round(t + arg, 3)
+            core.tick(t)
+        else:
+            with contextlib.suppress(RegisterError):  # a frame the codec refuses to encode
+                ctl.send(t, arg, Command.FOLLOW)
+        assert core._image(t) == encode_status(core.status(t)), (kind, arg, core.mode)
+        assert core.input_registers(t) == encode_status(core.status(t))
